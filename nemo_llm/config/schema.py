@@ -1,0 +1,160 @@
+"""The typed tree behind conf/: every key a user can set, its type and its default.
+
+Hydra merges conf/*.yaml and command-line overrides onto this schema, so a misspelt key or a
+value of the wrong type is refused before any work starts. Cross-key rules (heads divisible by
+query groups, batch sizes that divide, ...) live in nemo_llm.config.validation. Names follow
+NeMo/Megatron (tensor_model_parallel_size, encoder_seq_length, activations_checkpoint_*).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class TokenizerConfig:
+    # sentencepiece: `model` is a .model file; data_preparation trains it on the corpus when missing.
+    # byte: UTF-8 bytes plus end-of-document, needs no file (the fallback when nothing is trained).
+    library: str = "sentencepiece"
+    model: Optional[str] = None
+    vocab_size: int = 4096  # sentencepiece: size to train; byte: fixed at 257 (256 bytes + EOD)
+    model_type: str = "bpe"  # sentencepiece training: bpe | unigram
+    input_sentence_size: int = 1_000_000  # sentences sampled from the corpus for training
+    character_coverage: float = 0.9995
+
+
+@dataclass
+class DataConfig:
+    data_prefix: Optional[str] = None  # path prefix of <prefix>.bin/.idx (Megatron indexed dataset)
+    splits_string: str = "969,30,1"  # train, validation, test document ratios
+    num_workers: int = 0
+
+
+@dataclass
+class SchedConfig:
+    name: str = "CosineAnnealing"  # linear warmup to lr, cosine decay to min_lr at trainer.max_steps
+    warmup_steps: int = 0
+    constant_steps: int = 0  # steps held at min_lr at the end
+    min_lr: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 6e-4
+    weight_decay: float = 0.1
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    sched: SchedConfig = field(default_factory=SchedConfig)
+
+
+@dataclass
+class ModelConfig:
+    # Presets in conf/model/ fill the required (MISSING) keys.
+    name: str = MISSING
+    # Architecture
+    num_layers: int = MISSING
+    hidden_size: int = MISSING
+    ffn_hidden_size: int = MISSING
+    num_attention_heads: int = MISSING
+    num_query_groups: Optional[int] = None  # null: one key/value head per query head (MHA)
+    encoder_seq_length: int = MISSING
+    max_position_embeddings: int = MISSING
+    position_embedding_type: str = "learned_absolute"  # learned_absolute | rope
+    rotary_base: float = 10000.0
+    normalization: str = "layernorm"  # layernorm | rmsnorm
+    layernorm_epsilon: float = 1e-5
+    activation: str = "gelu"  # gelu | swiglu
+    bias: bool = True
+    share_embeddings_and_output_weights: bool = True
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    init_method_std: float = 0.02
+    make_vocab_size_divisible_by: int = 128
+    # Parallel layout: data parallel size = world size / (tensor x pipeline)
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    virtual_pipeline_model_parallel_size: Optional[int] = None
+    sequence_parallel: bool = False
+    # Batch: global = micro x data-parallel size x gradient-accumulation steps
+    micro_batch_size: int = MISSING
+    global_batch_size: int = MISSING
+    # Recompute (Megatron semantics): granularity null | selective | full;
+    # for full, method uniform (checkpoint groups of num_layers) | block (first num_layers per stage)
+    activations_checkpoint_granularity: Optional[str] = None
+    activations_checkpoint_method: Optional[str] = None
+    activations_checkpoint_num_layers: Optional[int] = None
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"  # auto | cpu | gpu
+    devices: int = 1  # processes (GPUs) per node
+    num_nodes: int = 1
+    precision: str = "32"  # 32 | bf16-mixed
+    max_steps: int = 100
+    val_check_interval: int = 50  # optimizer steps between validations
+    limit_val_batches: int = 10  # micro-batches per validation
+    log_every_n_steps: int = 1
+    gradient_clip_val: float = 1.0  # 0 disables clipping
+    peak_tflops_per_device: Optional[float] = None  # MFU denominator; null: known GPU peak or measured CPU matmul
+
+
+@dataclass
+class DataPreparationConfig:
+    input: Any = None  # path, glob or list of them (.txt, .jsonl); null: the embedded corpus
+    json_key: str = "text"  # field of each .jsonl line that holds the document
+    output_dir: str = "${run_dir}/data"
+    output_prefix: str = "corpus"  # writes <output_dir>/<output_prefix>_text_document.{bin,idx}
+    append_eod: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_train_steps: int = 50  # also writes last.ckpt, which always holds the final state
+    save_top_k: int = 1  # best checkpoints by val_loss; 0 keeps none
+
+
+@dataclass
+class TrainingConfig:
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+
+@dataclass
+class GenerateConfig:
+    prompt: str = "The"
+    max_new_tokens: int = 48
+    strategy: str = "top_p"  # greedy | top_k | top_p
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+
+
+@dataclass
+class EvaluationConfig:
+    checkpoint: Optional[str] = None  # null: the training stage's last checkpoint in run_dir
+    splits: List[str] = field(default_factory=lambda: ["validation", "test"])
+    max_batches: int = 20  # micro-batches per split; 0 = whole split
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+
+@dataclass
+class Config:
+    stages: List[str] = field(default_factory=lambda: ["data_preparation", "training", "evaluation"])
+    run_name: str = "${model.name}"
+    run_dir: str = "results/${run_name}"
+    seed: int = 1234
+    dry_run: bool = False  # print the plan and exit
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data_preparation: DataPreparationConfig = field(default_factory=DataPreparationConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)

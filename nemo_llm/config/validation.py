@@ -1,0 +1,183 @@
+"""Cross-key rules of the config, checked once before any work starts.
+
+Each rule raises ConfigError with one line: the key, what is wrong, how to fix it. Types and
+unknown keys are already refused by the schema when Hydra composes the config.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+PRECISIONS = ("32", "bf16-mixed")
+ACCELERATORS = ("auto", "cpu", "gpu")
+NORMALIZATIONS = ("layernorm", "rmsnorm")
+ACTIVATIONS = ("gelu", "swiglu")
+POSITION_EMBEDDINGS = ("learned_absolute", "rope")
+RECOMPUTE_GRANULARITIES = (None, "selective", "full")
+RECOMPUTE_METHODS = ("uniform", "block")
+TOKENIZER_LIBRARIES = ("sentencepiece", "byte")
+SENTENCEPIECE_MODEL_TYPES = ("bpe", "unigram")
+GENERATE_STRATEGIES = ("greedy", "top_k", "top_p")
+EVAL_SPLITS = ("validation", "test")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; str() is the one-line message for the user."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _one_of(value, allowed: tuple, key: str) -> None:
+    shown = ", ".join("null" if a is None else str(a) for a in allowed)
+    _require(value in allowed, f"{key}={value} is not supported: use one of {shown}")
+
+
+def _positive(cfg: DictConfig, prefix: str, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        _require(cfg[key] >= 1, f"{prefix}.{key}={cfg[key]} must be a positive integer")
+
+
+def parse_splits(splits_string: str) -> list[float]:
+    """'969,30,1' -> [0.969, 0.03, 0.001] (train, validation, test fractions)."""
+    try:
+        parts = [float(p) for p in str(splits_string).replace("/", ",").split(",")]
+    except ValueError:
+        parts = []
+    while 0 < len(parts) < 3:
+        parts.append(0.0)
+    _require(
+        len(parts) == 3 and all(p >= 0 for p in parts) and parts[0] > 0,
+        f"model.data.splits_string={splits_string!r} must be three non-negative weights "
+        "'train,validation,test' with train > 0, e.g. '969,30,1'",
+    )
+    total = sum(parts)
+    return [p / total for p in parts]
+
+
+def data_parallel_size(cfg: DictConfig) -> int:
+    """World size / (tensor x pipeline); validate() has checked that it divides."""
+    m = cfg.model
+    world = cfg.trainer.devices * cfg.trainer.num_nodes
+    return world // (m.tensor_model_parallel_size * m.pipeline_model_parallel_size)
+
+
+def validate_model(m: DictConfig) -> None:
+    _positive(m, "model", ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                           "encoder_seq_length", "max_position_embeddings", "micro_batch_size",
+                           "global_batch_size", "tensor_model_parallel_size",
+                           "pipeline_model_parallel_size", "make_vocab_size_divisible_by"))
+    heads, tp, pp = m.num_attention_heads, m.tensor_model_parallel_size, m.pipeline_model_parallel_size
+    groups = m.num_query_groups if m.num_query_groups is not None else heads
+    _require(m.hidden_size % heads == 0,
+             f"model.hidden_size={m.hidden_size} is not divisible by model.num_attention_heads={heads}: "
+             "choose a hidden size that is a multiple of the head count")
+    _require(groups >= 1 and heads % groups == 0,
+             f"model.num_attention_heads={heads} is not divisible by model.num_query_groups={groups}: "
+             "each key/value group must serve the same number of query heads")
+    _one_of(m.position_embedding_type, POSITION_EMBEDDINGS, "model.position_embedding_type")
+    _require(m.position_embedding_type != "rope" or (m.hidden_size // heads) % 2 == 0,
+             f"model.position_embedding_type=rope needs an even head dimension, "
+             f"got hidden_size/num_attention_heads={m.hidden_size // heads}")
+    _require(m.encoder_seq_length <= m.max_position_embeddings,
+             f"model.encoder_seq_length={m.encoder_seq_length} is longer than "
+             f"model.max_position_embeddings={m.max_position_embeddings}: raise max_position_embeddings "
+             "or shorten the sequence")
+    _one_of(m.normalization, NORMALIZATIONS, "model.normalization")
+    _one_of(m.activation, ACTIVATIONS, "model.activation")
+    for key in ("hidden_dropout", "attention_dropout"):
+        _require(0.0 <= m[key] < 1.0, f"model.{key}={m[key]} must be in [0, 1)")
+    _require(m.init_method_std > 0, f"model.init_method_std={m.init_method_std} must be positive")
+
+    for what, size in (("num_attention_heads", heads), ("num_query_groups", groups),
+                       ("ffn_hidden_size", m.ffn_hidden_size)):
+        _require(size % tp == 0,
+                 f"model.{what}={size} is not divisible by model.tensor_model_parallel_size={tp}: "
+                 "each tensor-parallel rank must hold whole heads and an equal share of the MLP")
+    if m.sequence_parallel:
+        _require(m.encoder_seq_length % tp == 0,
+                 f"model.encoder_seq_length={m.encoder_seq_length} is not divisible by "
+                 f"model.tensor_model_parallel_size={tp}, which model.sequence_parallel=true needs")
+    vp = m.virtual_pipeline_model_parallel_size
+    if vp is not None:
+        _require(vp >= 1, f"model.virtual_pipeline_model_parallel_size={vp} must be null or >= 1")
+        _require(vp == 1 or pp > 1, "model.virtual_pipeline_model_parallel_size > 1 needs "
+                                    "model.pipeline_model_parallel_size > 1")
+    chunks = pp * (vp or 1)
+    _require(m.num_layers % chunks == 0,
+             f"model.num_layers={m.num_layers} is not divisible by pipeline stages x virtual stages "
+             f"= {chunks}: change num_layers or the pipeline sizes")
+
+    granularity = m.activations_checkpoint_granularity
+    _one_of(granularity, RECOMPUTE_GRANULARITIES, "model.activations_checkpoint_granularity")
+    if granularity == "full":
+        _one_of(m.activations_checkpoint_method, RECOMPUTE_METHODS, "model.activations_checkpoint_method")
+        n = m.activations_checkpoint_num_layers
+        _require(n is not None and 1 <= n <= m.num_layers // pp,
+                 f"model.activations_checkpoint_num_layers={n} must be between 1 and the layers per "
+                 f"pipeline stage ({m.num_layers // pp}) with activations_checkpoint_granularity=full")
+    else:
+        _require(m.activations_checkpoint_method is None and m.activations_checkpoint_num_layers is None,
+                 "model.activations_checkpoint_method and activations_checkpoint_num_layers apply only to "
+                 "activations_checkpoint_granularity=full: set them to null")
+
+    tok = m.tokenizer
+    _one_of(tok.library, TOKENIZER_LIBRARIES, "model.tokenizer.library")
+    _one_of(tok.model_type, SENTENCEPIECE_MODEL_TYPES, "model.tokenizer.model_type")
+    _require(tok.vocab_size >= 2, f"model.tokenizer.vocab_size={tok.vocab_size} must be at least 2")
+    parse_splits(m.data.splits_string)
+
+    opt = m.optim
+    _one_of(opt.name, ("adamw",), "model.optim.name")
+    _one_of(opt.sched.name, ("CosineAnnealing",), "model.optim.sched.name")
+    _require(opt.lr > 0, f"model.optim.lr={opt.lr} must be positive")
+    _require(0 <= opt.sched.min_lr <= opt.lr,
+             f"model.optim.sched.min_lr={opt.sched.min_lr} must be between 0 and model.optim.lr={opt.lr}")
+    _require(len(opt.betas) == 2 and all(0 <= b < 1 for b in opt.betas),
+             f"model.optim.betas={list(opt.betas)} must be two numbers in [0, 1)")
+    _require(opt.sched.warmup_steps >= 0 and opt.sched.constant_steps >= 0,
+             "model.optim.sched.warmup_steps and constant_steps must be >= 0")
+
+
+def validate_trainer(cfg: DictConfig) -> None:
+    t, m = cfg.trainer, cfg.model
+    _one_of(str(t.precision), PRECISIONS, "trainer.precision")
+    _one_of(t.accelerator, ACCELERATORS, "trainer.accelerator")
+    _positive(t, "trainer", ("devices", "num_nodes", "max_steps", "val_check_interval", "log_every_n_steps"))
+    _require(t.limit_val_batches >= 0, f"trainer.limit_val_batches={t.limit_val_batches} must be >= 0")
+    _require(t.gradient_clip_val >= 0, f"trainer.gradient_clip_val={t.gradient_clip_val} must be >= 0 (0 disables)")
+    _require(m.optim.sched.warmup_steps + m.optim.sched.constant_steps <= t.max_steps,
+             f"model.optim.sched.warmup_steps + constant_steps = "
+             f"{m.optim.sched.warmup_steps + m.optim.sched.constant_steps} exceeds trainer.max_steps={t.max_steps}")
+    world = t.devices * t.num_nodes
+    model_parallel = m.tensor_model_parallel_size * m.pipeline_model_parallel_size
+    _require(world % model_parallel == 0,
+             f"world size trainer.num_nodes x trainer.devices = {world} is not a multiple of "
+             f"tensor x pipeline parallel size = {model_parallel}: change the device count or the layout")
+    dp = world // model_parallel
+    _require(m.global_batch_size % (m.micro_batch_size * dp) == 0,
+             f"model.global_batch_size={m.global_batch_size} is not divisible by model.micro_batch_size x "
+             f"data parallel size = {m.micro_batch_size} x {dp}: pick a global batch that is a multiple of "
+             f"{m.micro_batch_size * dp}")
+
+
+def validate_evaluation(e: DictConfig) -> None:
+    for split in e.splits:
+        _one_of(split, EVAL_SPLITS, "evaluation.splits[]")
+    _require(e.max_batches >= 0, f"evaluation.max_batches={e.max_batches} must be >= 0 (0 = whole split)")
+    g = e.generate
+    _one_of(g.strategy, GENERATE_STRATEGIES, "evaluation.generate.strategy")
+    _require(g.max_new_tokens >= 0, f"evaluation.generate.max_new_tokens={g.max_new_tokens} must be >= 0")
+    _require(g.temperature > 0, f"evaluation.generate.temperature={g.temperature} must be positive")
+    _require(g.top_k >= 1, f"evaluation.generate.top_k={g.top_k} must be >= 1")
+    _require(0 < g.top_p <= 1, f"evaluation.generate.top_p={g.top_p} must be in (0, 1]")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first key that makes cfg impossible to run."""
+    _require(len(cfg.stages) > 0, "stages is empty: list at least one stage, e.g. stages=[training]")
+    validate_model(cfg.model)
+    validate_trainer(cfg)
+    validate_evaluation(cfg.evaluation)

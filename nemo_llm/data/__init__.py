@@ -1,0 +1,1 @@
+"""Corpora, tokenization into Megatron's indexed format, and GPT samples."""

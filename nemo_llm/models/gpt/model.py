@@ -1,0 +1,240 @@
+"""A GPT decoder in plain PyTorch.
+
+Reads top to bottom like nanoGPT's model.py, with the module names of Megatron-core so that a
+Megatron user finds `decoder.layers.3.self_attention.linear_qkv` where they expect it. Options
+(positions, norm, MLP, attention groups) are chosen when the model is built; `forward` has no
+branches for them and no collectives: tensor, sequence and pipeline parallelism are applied from
+outside (nemo_llm.parallel).
+
+Shapes: b = batch, s = sequence, h = hidden, a = attention heads, g = query groups, d = head dim.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int  # already padded (see pad_vocab_size)
+    max_position_embeddings: int
+    num_layers: int
+    hidden_size: int
+    ffn_hidden_size: int
+    num_attention_heads: int
+    num_query_groups: int  # == num_attention_heads for MHA, fewer for GQA, 1 for MQA
+    position_embedding_type: str = "learned_absolute"  # learned_absolute | rope
+    rotary_base: float = 10000.0
+    normalization: str = "layernorm"  # layernorm | rmsnorm
+    layernorm_epsilon: float = 1e-5
+    activation: str = "gelu"  # gelu | swiglu
+    bias: bool = True  # biases of the linear layers
+    share_embeddings_and_output_weights: bool = True
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    init_method_std: float = 0.02
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+def pad_vocab_size(vocab_size: int, divisible_by: int, tensor_parallel_size: int = 1) -> int:
+    """Megatron pads the vocabulary so that every tensor-parallel shard has the same, aligned size."""
+    multiple = divisible_by * tensor_parallel_size
+    return ((vocab_size + multiple - 1) // multiple) * multiple
+
+
+def build_norm(config: GPTConfig) -> nn.Module:
+    if config.normalization == "rmsnorm":
+        return nn.RMSNorm(config.hidden_size, eps=config.layernorm_epsilon)
+    # As in Megatron, `bias` is about linear layers: LayerNorm keeps its bias either way.
+    return nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (Su et al.), applied to queries and keys in the rotate-half form."""
+
+    def __init__(self, head_dim: int, max_positions: int, base: float):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)  # [max_positions, d]
+        # Not persistent: derived from the config, so checkpoints stay free of them.
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [b, s, heads, d] -> same shape, rotated by position."""
+        seq = x.shape[1]
+        cos = self.cos[:seq, None, :].to(x.dtype)
+        sin = self.sin[:seq, None, :].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class SelfAttention(nn.Module):
+    """Causal self-attention with grouped queries.
+
+    linear_qkv's output is laid out per query group as [g, (a/g queries, 1 key, 1 value), d], as in
+    Megatron, so that a column shard of it holds whole groups and the forward below works unchanged
+    on a tensor-parallel shard (the local group count is read from the tensor's shape).
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.heads_per_group = config.num_attention_heads // config.num_query_groups
+        qkv_size = (config.num_attention_heads + 2 * config.num_query_groups) * self.head_dim
+        self.linear_qkv = nn.Linear(config.hidden_size, qkv_size, bias=config.bias)
+        self.linear_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=config.bias)
+        self.attention_dropout = config.attention_dropout
+        self.rotary = (
+            RotaryEmbedding(self.head_dim, config.max_position_embeddings, config.rotary_base)
+            if config.position_embedding_type == "rope"
+            else nn.Identity()
+        )
+
+    def core_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q, k, v: [b, heads, s, d] -> [b, heads, s, d]. Kept a method so that selective recompute can target it."""
+        dropout = self.attention_dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        qkv = self.linear_qkv(x).view(b, s, -1, self.heads_per_group + 2, self.head_dim)
+        q, k, v = qkv.split([self.heads_per_group, 1, 1], dim=3)
+        q = self.rotary(q.reshape(b, s, -1, self.head_dim))
+        k = self.rotary(k.squeeze(3))
+        v = v.squeeze(3)
+        # Each key/value group serves heads_per_group consecutive query heads.
+        k = k.repeat_interleave(self.heads_per_group, dim=2)
+        v = v.repeat_interleave(self.heads_per_group, dim=2)
+        y = self.core_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.linear_proj(y.transpose(1, 2).reshape(b, s, -1))
+
+
+class MLP(nn.Module):
+    """h -> ffn -> h with GELU (GPT-2/3)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.linear_fc1 = nn.Linear(config.hidden_size, config.ffn_hidden_size, bias=config.bias)
+        self.linear_fc2 = nn.Linear(config.ffn_hidden_size, config.hidden_size, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_fc2(F.gelu(self.linear_fc1(x), approximate="tanh"))
+
+
+class SwiGLUMLP(nn.Module):
+    """h -> silu(gate) * up -> h (Llama/PaLM).
+
+    Gate and up projections are separate layers, not one fused fc1, so a column shard of each
+    holds matching halves of the ffn dimension.
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.linear_fc1_gate = nn.Linear(config.hidden_size, config.ffn_hidden_size, bias=config.bias)
+        self.linear_fc1_up = nn.Linear(config.hidden_size, config.ffn_hidden_size, bias=config.bias)
+        self.linear_fc2 = nn.Linear(config.ffn_hidden_size, config.hidden_size, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_fc2(F.silu(self.linear_fc1_gate(x)) * self.linear_fc1_up(x))
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)), dropout on each residual branch."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.input_layernorm = build_norm(config)
+        self.self_attention = SelfAttention(config)
+        self.pre_mlp_layernorm = build_norm(config)
+        self.mlp = SwiGLUMLP(config) if config.activation == "swiglu" else MLP(config)
+        self.hidden_dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.hidden_dropout(self.self_attention(self.input_layernorm(x)))
+        return x + self.hidden_dropout(self.mlp(self.pre_mlp_layernorm(x)))
+
+
+class Embedding(nn.Module):
+    """Token embedding, plus learned absolute positions when the model has no rotary embedding."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = (
+            nn.Embedding(config.max_position_embeddings, config.hidden_size)
+            if config.position_embedding_type == "learned_absolute"
+            else None
+        )
+        self.embedding_dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.word_embeddings(input_ids)
+        if self.position_embeddings is not None:
+            x = x + self.position_embeddings(torch.arange(input_ids.shape[1], device=input_ids.device))
+        return self.embedding_dropout(x)
+
+
+class TransformerBlock(nn.Module):
+    """The decoder stack. `layers` is a ModuleDict keyed by global layer number so that pipeline
+    stages keep the names (and checkpoint keys) of the full model after the others are removed."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.layers = nn.ModuleDict({str(i): TransformerLayer(config) for i in range(config.num_layers)})
+        self.final_layernorm = build_norm(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers.values():
+            x = layer(x)
+        return self.final_layernorm(x)
+
+
+class GPTModel(nn.Module):
+    """input_ids [b, s] (int64) -> logits [b, s, vocab_size] (float)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = Embedding(config)
+        self.decoder = TransformerBlock(config)
+        self.output_layer = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.share_embeddings_and_output_weights:
+            self.output_layer.weight = self.embedding.word_embeddings.weight
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.output_layer(self.decoder(self.embedding(input_ids)))
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Megatron's init: N(0, std) weights, zero biases, unit norms; the two projections that write
+        into the residual stream (linear_proj, linear_fc2) get std / sqrt(2 * num_layers)."""
+        std = self.config.init_method_std
+        output_std = std / math.sqrt(2.0 * self.config.num_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                is_output = name.endswith(("linear_proj", "linear_fc2"))
+                nn.init.normal_(module.weight, mean=0.0, std=output_std if is_output else std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+                module.reset_parameters()
+
+
+def gpt_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy in fp32. logits [b, s, V], labels [b, s], loss_mask [b, s] of 0/1."""
+    losses = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none")
+    if loss_mask is None:
+        return losses.mean()
+    mask = loss_mask.flatten().float()
+    return (losses * mask).sum() / mask.sum().clamp(min=1.0)

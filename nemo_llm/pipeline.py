@@ -1,0 +1,58 @@
+"""What main.py runs: validate, print the plan, check the machine, run the stages in order."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from nemo_llm.config import ConfigError, validate
+from nemo_llm.plan import Machine, build_plan, check_resources
+from nemo_llm.stages import STAGES
+
+EXIT_OK, EXIT_UNFIT, EXIT_CONFIG = 0, 1, 2
+
+
+def fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def run_pipeline(cfg: DictConfig, machine: Machine | None = None) -> int:
+    """Run cfg.stages; returns the process exit code (0 ok, 1 the machine cannot run it, 2 bad config).
+    Nothing is written before every check has passed."""
+    try:
+        unknown = [name for name in cfg.stages if name not in STAGES]
+        if unknown:
+            raise ConfigError(f"stages: unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
+        validate(cfg)
+        plan = build_plan(cfg)
+    except ConfigError as e:
+        return fail(str(e), EXIT_CONFIG)
+    print(plan.render(), flush=True)
+    if cfg.dry_run:
+        return EXIT_OK
+
+    stages = [STAGES[name] for name in cfg.stages]
+    if any(stage.runs_model for stage in stages):
+        reason = check_resources(plan, cfg, machine or Machine.detect())
+        if reason:
+            return fail(reason, EXIT_UNFIT)
+    try:
+        for stage in stages:
+            stage.check(cfg)
+    except ConfigError as e:
+        return fail(str(e), EXIT_CONFIG)
+
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    summaries = {}
+    for stage in stages:
+        print(f"=== stage {stage.name}", flush=True)
+        summaries[stage.name] = stage.run(cfg)
+    (run_dir / "stages.json").write_text(json.dumps(summaries, indent=2) + "\n")
+    print(f"run directory: {run_dir.resolve()}", flush=True)
+    return EXIT_OK

@@ -1,0 +1,1 @@
+"""Pretraining: the LightningModule, its data, schedule, metrics and the Trainer around them."""

@@ -1,0 +1,68 @@
+"""Per-step throughput and the run directory's metrics files."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+METRICS_FILE = "metrics.jsonl"
+VAL_METRICS_FILE = "val_metrics.jsonl"
+
+
+class StepMetrics(pl.Callback):
+    """Measures each optimizer step, shows tokens/s, TFLOP/s and MFU in the progress bar, and appends
+    one JSON object per logged step to <run_dir>/metrics.jsonl with the keys step, loss, lr,
+    grad_norm, tokens_per_s, tflops_per_gpu, mfu, consumed_samples, step_time_s; each validation
+    appends step, val_loss, val_ppl to val_metrics.jsonl. Rank 0 writes."""
+
+    def __init__(self, run_dir: str | Path, tokens_per_step: int, flops_per_step: float, world_size: int,
+                 peak_tflops_per_device: float, log_every_n_steps: int, print_lines: bool):
+        self.run_dir = Path(run_dir)
+        self.tokens_per_step = tokens_per_step
+        self.flops_per_step = flops_per_step
+        self.world_size = world_size
+        self.peak_tflops = peak_tflops_per_device
+        self.log_every_n_steps = log_every_n_steps
+        self.print_lines = print_lines
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        seconds = time.perf_counter() - self._start
+        tflops = self.flops_per_step / seconds / self.world_size / 1e12
+        speed = {"tokens_per_s": self.tokens_per_step / seconds, "tflops_per_gpu": tflops,
+                 "mfu": tflops / self.peak_tflops}
+        pl_module.log_dict(speed, prog_bar=True)
+        step = trainer.global_step
+        if step % self.log_every_n_steps and step != trainer.max_steps:
+            return
+        record = {"step": step, **{k: float(v) for k, v in pl_module.step_metrics.items()}, **speed,
+                  "consumed_samples": pl_module.consumed_samples, "step_time_s": seconds}
+        if trainer.is_global_zero:
+            self._append(METRICS_FILE, record)
+            if self.print_lines:
+                print(f"step {step}/{trainer.max_steps} loss {record['loss']:.4f} lr {record['lr']:.3g} "
+                      f"grad_norm {record['grad_norm']:.3f} {speed['tokens_per_s']:.0f} tokens/s "
+                      f"{tflops:.3g} TFLOP/s MFU {speed['mfu']:.1%}", flush=True)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or "val_loss" not in trainer.callback_metrics:
+            return
+        val_loss = float(trainer.callback_metrics["val_loss"])
+        record = {"step": trainer.global_step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+        if trainer.is_global_zero:
+            self._append(VAL_METRICS_FILE, record)
+            if self.print_lines:
+                print(f"validation at step {record['step']}: loss {val_loss:.4f} perplexity {record['val_ppl']:.2f}",
+                      flush=True)
+
+    def _append(self, name: str, record: dict) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / name, "a") as f:
+            f.write(json.dumps(record) + "\n")

@@ -1,0 +1,43 @@
+"""Reading the model back out of a training checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from nemo_llm.models.gpt import GPTConfig, GPTModel
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+
+
+def last_checkpoint_path(run_dir: str | Path) -> Path:
+    """<run_dir>/checkpoints/last.ckpt: the final state of the training stage."""
+    return Path(run_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated, or not one of ours."""
+
+
+def load_model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[GPTModel, dict]:
+    """(model in eval mode, checkpoint metadata {global_step, consumed_samples}) from a .ckpt written by
+    the training stage. Loads with weights_only=True: a checkpoint can never run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint there; run the training stage or set evaluation.checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, foreign pickle, ...
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {e})") from None
+    try:
+        config = GPTConfig(**checkpoint["hyper_parameters"]["gpt_config"])
+        state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a nemo_llm GPT checkpoint (missing {e})") from None
+    model = GPTModel(config)
+    model.load_state_dict(state)
+    model.eval()
+    meta = {"global_step": checkpoint.get("global_step"), "consumed_samples": checkpoint.get("consumed_samples")}
+    return model, meta

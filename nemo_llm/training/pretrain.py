@@ -1,0 +1,106 @@
+"""The training stage: build tokenizer, model, data and Lightning Trainer from the config; fit."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from nemo_llm.config.validation import data_parallel_size, parse_splits
+from nemo_llm.data.data_module import GPTDataModule
+from nemo_llm.models.gpt import gpt_config_from
+from nemo_llm.plan import model_flops_per_iteration
+from nemo_llm.tokenizers import build_tokenizer
+from nemo_llm.training.callbacks import StepMetrics
+from nemo_llm.training.checkpoint import CHECKPOINT_DIR, last_checkpoint_path
+from nemo_llm.training.module import GPTPretrainModule
+from nemo_llm.training.throughput import peak_tflops_per_device
+
+def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], has_validation: bool) -> pl.Trainer:
+    t = cfg.trainer
+    run_dir = Path(cfg.run_dir)
+    logger = TensorBoardLogger(str(run_dir), name="tensorboard", version="") if cfg.training.tensorboard else False
+    return pl.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        precision=str(t.precision),
+        max_steps=t.max_steps,
+        val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=None,
+        limit_val_batches=t.limit_val_batches if has_validation else 0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every_n_steps,
+        logger=logger,
+        callbacks=callbacks,
+        enable_progress_bar=cfg.training.progress_bar,
+        enable_model_summary=False,
+        # Samplers are ours (PretrainingBatchSampler): Lightning's would reshuffle and split over all ranks.
+        use_distributed_sampler=False,
+        default_root_dir=str(run_dir),
+    )
+
+
+def pretrain(cfg: DictConfig) -> dict:
+    """Train cfg.model for cfg.trainer.max_steps; returns a summary. Writes <run_dir>/checkpoints/,
+    metrics.jsonl, val_metrics.jsonl and tensorboard/."""
+    # Lightning's own deprecation noise about torch internals says nothing to our users.
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    m, t = cfg.model, cfg.trainer
+    run_dir = Path(cfg.run_dir)
+    tokenizer = build_tokenizer(m.tokenizer.library, m.tokenizer.model)
+    gpt_config = gpt_config_from(m, tokenizer.vocab_size)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = GPTPretrainModule(
+        gpt_config=asdict(gpt_config),
+        optim=OmegaConf.to_container(m.optim, resolve=True),
+        micro_batch_size=m.micro_batch_size,
+        global_batch_size=m.global_batch_size,
+        max_steps=t.max_steps,
+        gradient_clip_val=t.gradient_clip_val,
+    )
+    data = GPTDataModule(m.data.data_prefix, parse_splits(m.data.splits_string), m.encoder_seq_length,
+                         m.micro_batch_size, m.global_batch_size // data_parallel_size(cfg), t.max_steps, cfg.seed,
+                         m.data.num_workers)
+    data.setup("fit")
+
+    world_size = t.devices * t.num_nodes
+    device = torch.device("cuda" if t.accelerator != "cpu" and torch.cuda.is_available() else "cpu")
+    metrics = StepMetrics(
+        run_dir,
+        tokens_per_step=m.global_batch_size * m.encoder_seq_length,
+        flops_per_step=model_flops_per_iteration(m.global_batch_size, m.encoder_seq_length, m.num_layers,
+                                                 m.hidden_size, gpt_config.vocab_size),
+        world_size=world_size,
+        peak_tflops_per_device=peak_tflops_per_device(device, str(t.precision), t.peak_tflops_per_device),
+        log_every_n_steps=t.log_every_n_steps,
+        print_lines=not cfg.training.progress_bar,
+    )
+    ckpt = cfg.training.checkpoint
+    checkpoint_dir = run_dir / CHECKPOINT_DIR
+    callbacks = [
+        metrics,
+        ModelCheckpoint(dirpath=checkpoint_dir, filename="step{step}", auto_insert_metric_name=False,
+                        every_n_train_steps=ckpt.every_n_train_steps, save_top_k=1, save_last=True),
+    ]
+    has_validation = "validation" in data.datasets
+    if has_validation and ckpt.save_top_k > 0:
+        callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, filename="best-step{step}-val_loss{val_loss:.4f}",
+                                         auto_insert_metric_name=False, monitor="val_loss", mode="min",
+                                         save_top_k=ckpt.save_top_k))
+    trainer = build_trainer(cfg, callbacks, has_validation)
+    trainer.fit(module, datamodule=data)
+    # The final state, whatever the checkpoint interval: evaluation reads it.
+    trainer.save_checkpoint(last_checkpoint_path(run_dir), weights_only=False)
+    return {
+        "steps": trainer.global_step,
+        "consumed_samples": module.consumed_samples,
+        "final_loss": float(module.step_metrics["loss"]) if module.step_metrics else None,
+        "last_checkpoint": str(last_checkpoint_path(run_dir)),
+    }

@@ -1,0 +1,30 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="nemo_llm",
+    version="0.1.0",
+    description="Config-driven, end-to-end training of GPT language models, from a laptop to thousands of GPUs",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["nemo_llm", "nemo_llm.*"]),
+    install_requires=[
+        "torch>=2.11",
+        "pytorch-lightning>=2.4",
+        "hydra-core>=1.3",
+        "omegaconf>=2.3",
+        "sentencepiece>=0.2",
+        "datasets>=2.19",
+        "numpy>=1.26",
+        "tensorboard>=2.15",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5"],
+        # Optional GPU accelerator; not on PyPI for every platform, so never pulled in by default.
+        "te": ["transformer-engine[pytorch]"],
+    },
+)
