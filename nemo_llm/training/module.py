@@ -11,17 +11,21 @@ import pytorch_lightning as pl
 import torch
 
 from nemo_llm.models.gpt import GPTConfig, GPTModel, gpt_loss
+from nemo_llm.parallel import apply_recompute
 from nemo_llm.training.optim import build_optimizer, build_scheduler, clip_grad_norm
 
 
 class GPTPretrainModule(pl.LightningModule):
     def __init__(self, gpt_config: Mapping[str, Any], optim: Mapping[str, Any], micro_batch_size: int,
-                 global_batch_size: int, max_steps: int, gradient_clip_val: float):
+                 global_batch_size: int, max_steps: int, gradient_clip_val: float,
+                 recompute: Mapping[str, Any] | None = None):
         super().__init__()
         # Plain dicts only, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.model = GPTModel(GPTConfig(**gpt_config))
+        # granularity / method / num_layers, as model.activations_checkpoint_* in the config
+        apply_recompute(self.model, **(recompute or {"granularity": None}))
         self.consumed_samples = 0
         self.step_metrics: dict[str, torch.Tensor] = {}
 

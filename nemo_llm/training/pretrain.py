@@ -64,6 +64,9 @@ def pretrain(cfg: DictConfig) -> dict:
         global_batch_size=m.global_batch_size,
         max_steps=t.max_steps,
         gradient_clip_val=t.gradient_clip_val,
+        recompute={"granularity": m.activations_checkpoint_granularity,
+                   "method": m.activations_checkpoint_method,
+                   "num_layers": m.activations_checkpoint_num_layers},
     )
     data = GPTDataModule(m.data.data_prefix, parse_splits(m.data.splits_string), m.encoder_seq_length,
                          m.micro_batch_size, m.global_batch_size // data_parallel_size(cfg), t.max_steps, cfg.seed,

@@ -28,8 +28,8 @@ def gpu_peak_tflops(name: str, precision: str) -> float | None:
 
 
 def measure_cpu_tflops(dtype: torch.dtype = torch.float32, size: int = 512, seconds: float = 0.3) -> float:
-    """CPUs have no datasheet peak that matters here: the achieved matmul rate of this process
-    (with its thread count) is the ceiling MFU is measured against."""
+    """Achieved matmul TFLOP/s of this process (with its thread count). CPUs have no datasheet peak
+    that means much for this: MFU on CPU is measured against this rate."""
     a = torch.randn(size, size, dtype=dtype)
     b = torch.randn(size, size, dtype=dtype)
     a @ b  # warm-up
@@ -50,4 +50,8 @@ def peak_tflops_per_device(device: torch.device, precision: str, configured: flo
             raise ValueError(f"unknown peak FLOP/s for {torch.cuda.get_device_name(device)}: "
                              "set trainer.peak_tflops_per_device")
         return peak
-    return measure_cpu_tflops(torch.bfloat16 if precision == "bf16-mixed" else torch.float32)
+    # Without native bf16 units a CPU runs bf16 slower than fp32: its best rate is the ceiling.
+    best = measure_cpu_tflops(torch.float32)
+    if precision == "bf16-mixed":
+        best = max(best, measure_cpu_tflops(torch.bfloat16))
+    return best
