@@ -30,6 +30,12 @@ class StepMetrics(pl.Callback):
         self.print_lines = print_lines
         self._start = 0.0
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # A run that starts from step 0 owns these files: lines of an earlier, crashed run would mix in.
+        if trainer.global_step == 0 and trainer.is_global_zero:
+            for name in (METRICS_FILE, VAL_METRICS_FILE):
+                (self.run_dir / name).unlink(missing_ok=True)
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._start = time.perf_counter()
 
