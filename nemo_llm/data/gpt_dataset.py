@@ -29,7 +29,7 @@ def split_documents(num_documents: int, fractions: list[float]) -> dict[str, np.
 
 
 class GPTDataset(Dataset):
-    """dataset[i] -> {"tokens": [s] int64, "labels": [s] int64, "loss_mask": [s] float32}."""
+    """dataset[i] -> {"tokens": [s] int64, "labels": [s] int64} (labels: tokens shifted by one)."""
 
     def __init__(
         self,
@@ -74,11 +74,7 @@ class GPTDataset(Dataset):
             position += max(length, 0)
             i += 1
         sample = torch.from_numpy(np.concatenate(pieces).astype(np.int64))
-        return {
-            "tokens": sample[:-1],
-            "labels": sample[1:],
-            "loss_mask": torch.ones(self.seq_length, dtype=torch.float32),
-        }
+        return {"tokens": sample[:-1], "labels": sample[1:]}
 
 
 def build_gpt_datasets(data_prefix: str, split_fractions: list[float], seq_length: int, seed: int,

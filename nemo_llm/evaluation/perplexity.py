@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nemo_llm.models.gpt import IGNORE_INDEX
+
 
 @torch.no_grad()
 def evaluate_perplexity(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], max_batches: int = 0,
@@ -20,10 +22,10 @@ def evaluate_perplexity(model: nn.Module, batches: Iterable[dict[str, torch.Tens
         if max_batches and count >= max_batches:
             break
         logits = model(batch["tokens"].to(device))
-        losses = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].to(device).flatten(), reduction="none")
-        mask = batch["loss_mask"].to(device).flatten()
-        loss_sum += float((losses * mask).sum())
-        tokens += float(mask.sum())
+        labels = batch["labels"].to(device).flatten()
+        loss_sum += float(F.cross_entropy(logits.float().flatten(0, 1), labels, ignore_index=IGNORE_INDEX,
+                                          reduction="sum"))
+        tokens += float((labels != IGNORE_INDEX).sum())
         count += 1
     if tokens == 0:
         raise ValueError("no evaluation tokens: the split is smaller than one micro batch")

@@ -44,7 +44,7 @@ class GPTPretrainModule(pl.LightningModule):
         loss_sum = torch.zeros((), device=self.device)
         for i in range(num_micro):
             part = {k: v[i * micro:(i + 1) * micro] for k, v in batch.items()}
-            loss = gpt_loss(self.model(part["tokens"]), part["labels"], part["loss_mask"])
+            loss = gpt_loss(self.model(part["tokens"]), part["labels"])
             self.manual_backward(loss / num_micro)
             loss_sum += loss.detach()
         grad_norm = clip_grad_norm(self.model.parameters(), self.hparams.gradient_clip_val)
@@ -62,7 +62,7 @@ class GPTPretrainModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = gpt_loss(self.model(batch["tokens"]), batch["labels"], batch["loss_mask"])
+        loss = gpt_loss(self.model(batch["tokens"]), batch["labels"])
         self.log("val_loss", loss, prog_bar=True, batch_size=batch["tokens"].shape[0])
         return loss
 

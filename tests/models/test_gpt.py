@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from nemo_llm.models.gpt import GPTConfig, GPTModel, gpt_loss, pad_vocab_size
+from nemo_llm.models.gpt import IGNORE_INDEX, GPTConfig, GPTModel, gpt_loss, pad_vocab_size
 
 VARIANTS = {
     "gpt3": {},
@@ -135,9 +135,8 @@ def test_overfits_one_batch(variant):
     assert loss.item() < 0.1
 
 
-def test_loss_mask_excludes_tokens():
+def test_ignored_labels_take_no_part_in_the_loss():
     logits = torch.randn(1, 4, 10)
-    labels = torch.tensor([[1, 2, 3, 4]])
-    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    labels = torch.tensor([[1, 2, IGNORE_INDEX, IGNORE_INDEX]])
     expected = torch.nn.functional.cross_entropy(logits[0, :2], labels[0, :2])
-    torch.testing.assert_close(gpt_loss(logits, labels, mask), expected)
+    torch.testing.assert_close(gpt_loss(logits, labels), expected)

@@ -231,10 +231,10 @@ class GPTModel(nn.Module):
                 module.reset_parameters()
 
 
-def gpt_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean next-token cross-entropy in fp32. logits [b, s, V], labels [b, s], loss_mask [b, s] of 0/1."""
-    losses = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none")
-    if loss_mask is None:
-        return losses.mean()
-    mask = loss_mask.flatten().float()
-    return (losses * mask).sum() / mask.sum().clamp(min=1.0)
+IGNORE_INDEX = -100  # a label that takes no part in the loss (PyTorch's convention)
+
+
+def gpt_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy in fp32 over the labels that are not IGNORE_INDEX.
+    logits [b, s, V], labels [b, s]. Also takes vocab-sharded DTensor logits under loss_parallel()."""
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
