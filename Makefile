@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# The CPU build of torch: a bare `torch` requirement would pull the multi-GB CUDA build.
+# torch is pinned and installed first. This project's machines resolve the pin to the CPU build; elsewhere
+# choose the build with pip options, e.g. TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu".
 TORCH ?= torch==2.13.0
 DEMO_DIR ?= results/demo
 
@@ -11,7 +12,7 @@ DEMO_DIR ?= results/demo
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 

@@ -24,7 +24,5 @@ setup(
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5"],
-        # Optional GPU accelerator; not on PyPI for every platform, so never pulled in by default.
-        "te": ["transformer-engine[pytorch]"],
     },
 )

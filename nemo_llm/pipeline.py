@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from nemo_llm.config import ConfigError, validate
+from nemo_llm.errors import NemoLLMError
 from nemo_llm.plan import Machine, build_plan, check_resources
 from nemo_llm.stages import STAGES
 
@@ -21,8 +22,9 @@ def fail(message: str, code: int) -> int:
 
 
 def run_pipeline(cfg: DictConfig, machine: Machine | None = None) -> int:
-    """Run cfg.stages; returns the process exit code (0 ok, 1 the machine cannot run it, 2 bad config).
-    Nothing is written before every check has passed."""
+    """Run cfg.stages; returns the process exit code: 0 ok, 1 the machine cannot run the layout, 2 a bad
+    config or bad input (data, checkpoint) found by a check or a stage. Nothing is written before
+    every check has passed."""
     try:
         unknown = [name for name in cfg.stages if name not in STAGES]
         if unknown:
@@ -49,10 +51,15 @@ def run_pipeline(cfg: DictConfig, machine: Machine | None = None) -> int:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    summaries = {}
+    summaries_path = run_dir / "stages.json"
+    # Stages run on their own later (stages=[evaluation]) add to what earlier stages recorded.
+    summaries = json.loads(summaries_path.read_text()) if summaries_path.is_file() else {}
     for stage in stages:
         print(f"=== stage {stage.name}", flush=True)
-        summaries[stage.name] = stage.run(cfg)
-    (run_dir / "stages.json").write_text(json.dumps(summaries, indent=2) + "\n")
+        try:
+            summaries[stage.name] = stage.run(cfg)
+        except NemoLLMError as e:
+            return fail(f"stage {stage.name}: {e}", EXIT_CONFIG)
+        summaries_path.write_text(json.dumps(summaries, indent=2) + "\n")
     print(f"run directory: {run_dir.resolve()}", flush=True)
     return EXIT_OK

@@ -194,7 +194,8 @@ class Plan:
             ("parameters", f"{_human(self.parameters)} ({self.parameters:,}; vocabulary {self.vocab_size} "
                            f"padded to {self.padded_vocab_size})"),
             ("layout", f"TP {self.tensor_parallel} x PP {self.pipeline_parallel}{vp} x DP {self.data_parallel} "
-                       f"= {self.world_size} devices ({self.num_nodes} node(s) x {self.devices_per_node}), "
+                       f"= {self.world_size} device{'s' if self.world_size > 1 else ''} "
+                       f"({self.num_nodes} node{'s' if self.num_nodes > 1 else ''} x {self.devices_per_node}), "
                        f"sequence parallel {'on' if self.sequence_parallel else 'off'}"),
             ("batch", f"micro {self.micro_batch_size} x DP {self.data_parallel} x {self.num_microbatches} "
                       f"microbatches = global {self.global_batch_size} sequences of {self.seq_length} tokens "

@@ -108,6 +108,16 @@ def test_bad_override_exits_2_with_one_line(tmp_path):
     assert unknown.returncode != 0 and "Could not find 'model/gpt_999'" in unknown.stderr
 
 
+@pytest.mark.slow
+def test_stage_input_errors_exit_2_with_one_line(tmp_path):
+    run_dir = tmp_path / "fresh"
+    result = run_main(["stages=[evaluation]", f"run_dir={run_dir}"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: stage evaluation: {run_dir / 'checkpoints' / 'last.ckpt'}: no checkpoint there; run the training "
+        "stage or set evaluation.checkpoint"]
+
+
 def test_checkpoint_errors_are_clear(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint there"):
         load_model_from_checkpoint(tmp_path / "none.ckpt")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from nemo_llm.errors import NemoLLMError
+
 PRECISIONS = ("32", "bf16-mixed")
 ACCELERATORS = ("auto", "cpu", "gpu")
 NORMALIZATIONS = ("layernorm", "rmsnorm")
@@ -21,7 +23,7 @@ GENERATE_STRATEGIES = ("greedy", "top_k", "top_p")
 EVAL_SPLITS = ("validation", "test")
 
 
-class ConfigError(ValueError):
+class ConfigError(NemoLLMError, ValueError):
     """A config that cannot run; str() is the one-line message for the user."""
 
 
@@ -126,6 +128,9 @@ def validate_model(m: DictConfig) -> None:
     tok = m.tokenizer
     _one_of(tok.library, TOKENIZER_LIBRARIES, "model.tokenizer.library")
     _one_of(tok.model_type, SENTENCEPIECE_MODEL_TYPES, "model.tokenizer.model_type")
+    _require(tok.library != "sentencepiece" or tok.model,
+             "model.tokenizer.model is empty: name the sentencepiece .model file (data_preparation trains one "
+             "there when it is missing), or use model.tokenizer.library=byte")
     _require(tok.vocab_size >= 2, f"model.tokenizer.vocab_size={tok.vocab_size} must be at least 2")
     parse_splits(m.data.splits_string)
 

@@ -13,8 +13,13 @@ import torch
 from torch.utils.data import Dataset
 
 from nemo_llm.data.indexed_dataset import IndexedDataset
+from nemo_llm.errors import NemoLLMError
 
 SPLIT_NAMES = ("train", "validation", "test")
+
+
+class DatasetTooSmallError(NemoLLMError, ValueError):
+    """A split holds fewer tokens than one sample."""
 
 
 def split_documents(num_documents: int, fractions: list[float]) -> dict[str, np.ndarray]:
@@ -46,7 +51,7 @@ class GPTDataset(Dataset):
         sizes = indexed.sizes[documents].astype(np.int64)
         tokens_per_epoch = int(sizes.sum())
         if tokens_per_epoch < seq_length + 1:
-            raise ValueError(
+            raise DatasetTooSmallError(
                 f"{name} split of {indexed.prefix} has {tokens_per_epoch} tokens, fewer than one sample of "
                 f"model.encoder_seq_length+1={seq_length + 1}: add data or change model.data.splits_string"
             )

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nemo_llm.errors import NemoLLMError
+
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
 DTYPE_CODES = {
@@ -35,7 +37,7 @@ def token_dtype(vocab_size: int) -> type:
     return np.uint16 if vocab_size < 65500 else np.int32
 
 
-class IndexedDatasetError(ValueError):
+class IndexedDatasetError(NemoLLMError, ValueError):
     """A .bin/.idx pair that is missing, truncated or inconsistent."""
 
 

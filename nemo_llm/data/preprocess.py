@@ -8,11 +8,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from nemo_llm.data.corpus import embedded_documents
+from nemo_llm.errors import NemoLLMError
 from nemo_llm.data.indexed_dataset import IndexedDatasetWriter, token_dtype
 from nemo_llm.tokenizers import Tokenizer
 
 
-class InputError(ValueError):
+class InputError(NemoLLMError, ValueError):
     """Input files that cannot be read as documents; the message names the file (and line)."""
 
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nemo_llm.data.gpt_dataset import DatasetTooSmallError
 from nemo_llm.models.gpt import IGNORE_INDEX
 
 
@@ -28,6 +29,6 @@ def evaluate_perplexity(model: nn.Module, batches: Iterable[dict[str, torch.Tens
         tokens += float((labels != IGNORE_INDEX).sum())
         count += 1
     if tokens == 0:
-        raise ValueError("no evaluation tokens: the split is smaller than one micro batch")
+        raise DatasetTooSmallError("no evaluation tokens: the split is smaller than one micro batch")
     loss = loss_sum / tokens
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": int(tokens), "batches": count}

@@ -1,7 +1,7 @@
 """Tokenizers behind one interface (nemo_llm.tokenizers.base.Tokenizer)."""
 
-from nemo_llm.tokenizers.base import Tokenizer, build_tokenizer
+from nemo_llm.tokenizers.base import Tokenizer, TokenizerError, build_tokenizer
 from nemo_llm.tokenizers.byte import ByteTokenizer
 from nemo_llm.tokenizers.sentencepiece import SentencePieceTokenizer, train_sentencepiece
 
-__all__ = ["ByteTokenizer", "SentencePieceTokenizer", "Tokenizer", "build_tokenizer", "train_sentencepiece"]
+__all__ = ["ByteTokenizer", "SentencePieceTokenizer", "Tokenizer", "TokenizerError", "build_tokenizer", "train_sentencepiece"]

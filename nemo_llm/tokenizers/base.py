@@ -5,6 +5,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+from nemo_llm.errors import NemoLLMError
+
+
+class TokenizerError(NemoLLMError, ValueError):
+    """A tokenizer that cannot be built from the config."""
+
 
 class Tokenizer(ABC):
     """Text <-> token ids. `eod_id` ends each document in the indexed dataset."""
@@ -33,9 +39,9 @@ def build_tokenizer(library: str, model: str | None = None) -> Tokenizer:
         return ByteTokenizer()
     if library == "sentencepiece":
         if model is None or not Path(model).is_file():
-            raise FileNotFoundError(
+            raise TokenizerError(
                 f"model.tokenizer.model={model}: no sentencepiece model there; run the data_preparation "
                 "stage (it trains one) or point model.tokenizer.model at a .model file"
             )
         return SentencePieceTokenizer(model)
-    raise ValueError(f"model.tokenizer.library={library} is not supported: use sentencepiece or byte")
+    raise TokenizerError(f"model.tokenizer.library={library} is not supported: use sentencepiece or byte")

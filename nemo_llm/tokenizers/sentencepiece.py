@@ -9,7 +9,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from nemo_llm.tokenizers.base import Tokenizer
+from nemo_llm.tokenizers.base import Tokenizer, TokenizerError
 
 EOD_PIECE = "<eod>"
 
@@ -22,7 +22,7 @@ class SentencePieceTokenizer(Tokenizer):
         # Models trained elsewhere may lack <eod>: their end-of-sentence token plays its part.
         self._eod = eod if eod != self._sp.unk_id() else self._sp.eos_id()
         if self._eod < 0:
-            raise ValueError(f"{self.model_path}: sentencepiece model has neither {EOD_PIECE} nor an EOS token")
+            raise TokenizerError(f"{self.model_path}: sentencepiece model has neither {EOD_PIECE} nor an EOS token")
 
     @property
     def vocab_size(self) -> int:
@@ -48,14 +48,14 @@ def train_sentencepiece(
     character_coverage: float = 0.9995,
     seed: int = 1234,
 ) -> SentencePieceTokenizer:
-    """Train on the lines of `documents` and write <model_path> (and its .vocab beside it).
+    """Train on the lines of `documents` and write the model file <model_path>.
 
     Byte fallback keeps any input encodable; <eod> is a user-defined piece so it can never be
     produced from text. Lines beyond input_sentence_size are sampled away reproducibly (seed).
     """
     lines = [line for doc in documents for line in doc.splitlines() if line.strip()]
     if not lines:
-        raise ValueError("cannot train a sentencepiece tokenizer: the corpus has no text")
+        raise TokenizerError("cannot train a sentencepiece tokenizer: the corpus has no text")
     if len(lines) > input_sentence_size:
         lines = random.Random(seed).sample(lines, input_sentence_size)
     model_path = Path(model_path)

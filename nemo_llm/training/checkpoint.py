@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from nemo_llm.errors import NemoLLMError
 from nemo_llm.models.gpt import GPTConfig, GPTModel
 
 CHECKPOINT_DIR = "checkpoints"
@@ -17,7 +18,7 @@ def last_checkpoint_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
 
 
-class CheckpointError(ValueError):
+class CheckpointError(NemoLLMError, ValueError):
     """A checkpoint that is missing, truncated, or not one of ours."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -50,6 +51,8 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], has_validation:
 def pretrain(cfg: DictConfig) -> dict:
     """Train cfg.model for cfg.trainer.max_steps; returns a summary. Writes <run_dir>/checkpoints/,
     metrics.jsonl, val_metrics.jsonl and tensorboard/."""
+    # Lightning's info lines (device summary, adverts) repeat what the plan said.
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
     # Lightning's own deprecation noise about torch internals says nothing to our users.
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     m, t = cfg.model, cfg.trainer
@@ -75,6 +78,8 @@ def pretrain(cfg: DictConfig) -> dict:
 
     world_size = t.devices * t.num_nodes
     device = torch.device("cuda" if t.accelerator != "cpu" and torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and str(t.precision) == "32":
+        torch.set_float32_matmul_precision("high")  # TF32 tensor cores, the peak MFU is measured against
     metrics = StepMetrics(
         run_dir,
         tokens_per_step=m.global_batch_size * m.encoder_seq_length,

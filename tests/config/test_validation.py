@@ -44,6 +44,7 @@ def refused(overrides):
     (["evaluation.generate.top_p=0"], "evaluation.generate.top_p=0.0 must be in (0, 1]"),
     (["evaluation.splits=[train]"], "evaluation.splits[]=train is not supported"),
     (["stages=[]"], "stages is empty"),
+    (["model.tokenizer.model=null"], "model.tokenizer.model is empty"),
     (["model.position_embedding_type=rope", "model.hidden_size=12", "model.num_attention_heads=4",
       "model.ffn_hidden_size=48"], "needs an even head dimension"),
 ])

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from nemo_llm.data.gpt_dataset import GPTDataset, PretrainingBatchSampler, build_gpt_datasets, split_documents
+from nemo_llm.data.gpt_dataset import DatasetTooSmallError, GPTDataset, PretrainingBatchSampler, build_gpt_datasets, split_documents
 from nemo_llm.data.indexed_dataset import IndexedDataset, IndexedDatasetWriter
 
 
@@ -51,7 +51,7 @@ def test_deterministic_from_the_seed(indexed):
 
 
 def test_too_small_split_is_a_clear_error(indexed):
-    with pytest.raises(ValueError, match="fewer than one sample of model.encoder_seq_length"):
+    with pytest.raises(DatasetTooSmallError, match="fewer than one sample of model.encoder_seq_length"):
         GPTDataset(indexed, np.arange(1), seq_length=4096, num_samples=None, seed=0)
 
 

@@ -1,7 +1,8 @@
 import pytest
 
 from nemo_llm.data.corpus import embedded_documents
-from nemo_llm.tokenizers import ByteTokenizer, SentencePieceTokenizer, build_tokenizer, train_sentencepiece
+from nemo_llm.tokenizers import (ByteTokenizer, SentencePieceTokenizer, TokenizerError, build_tokenizer,
+                                 train_sentencepiece)
 
 
 def test_byte_tokenizer_roundtrip():
@@ -28,10 +29,10 @@ def test_sentencepiece_trains_on_the_embedded_corpus(tmp_path):
 
 
 def test_missing_model_names_the_fix(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run the data_preparation stage"):
+    with pytest.raises(TokenizerError, match="run the data_preparation stage"):
         build_tokenizer("sentencepiece", str(tmp_path / "none.model"))
 
 
 def test_empty_corpus_cannot_train(tmp_path):
-    with pytest.raises(ValueError, match="the corpus has no text"):
+    with pytest.raises(TokenizerError, match="the corpus has no text"):
         train_sentencepiece(["", "  \n"], tmp_path / "t.model", vocab_size=100)

@@ -1,0 +1,6 @@
+"""Errors a user causes and can fix (a config, a data file, a checkpoint). main.py prints them as
+one line and exits with code 2 instead of a traceback."""
+
+
+class NemoLLMError(Exception):
+    """Base of the errors whose message alone tells the user what to fix."""
