@@ -22,6 +22,9 @@ class ParallelState:
     pipeline_model_parallel_size: int
     data_parallel_size: int
     virtual_pipeline_model_parallel_size: int | None = None
+    # The first and last pipeline stage of this rank's pipeline, which both hold the word
+    # embeddings when input and output embeddings are tied (None without pipelining).
+    embedding_group: dist.ProcessGroup | None = None
 
     @property
     def tp_mesh(self) -> DeviceMesh:
@@ -72,8 +75,23 @@ def initialize_model_parallel(tensor_model_parallel_size: int = 1, pipeline_mode
     mesh = init_device_mesh(device_type, (pipeline_model_parallel_size, dp, tensor_model_parallel_size),
                             mesh_dim_names=MESH_DIMS)
     _STATE = ParallelState(mesh, tensor_model_parallel_size, pipeline_model_parallel_size, dp,
-                           virtual_pipeline_model_parallel_size)
+                           virtual_pipeline_model_parallel_size, _embedding_group(mesh))
     return _STATE
+
+
+def _embedding_group(mesh: DeviceMesh) -> dist.ProcessGroup | None:
+    """Every rank must take part in creating every group; each keeps the one it belongs to."""
+    ranks = mesh.mesh  # [pp, dp, tp] tensor of global ranks
+    if ranks.shape[0] == 1:
+        return None
+    mine = None
+    for dp in range(ranks.shape[1]):
+        for tp in range(ranks.shape[2]):
+            members = [int(ranks[0, dp, tp]), int(ranks[-1, dp, tp])]
+            group = dist.new_group(members)
+            if dist.get_rank() in members:
+                mine = group
+    return mine
 
 
 def get_parallel_state() -> ParallelState:

@@ -1,0 +1,190 @@
+"""The parallel engine: parallelize_gpt() applies TP/SP -> recompute -> FSDP to the stages of this
+rank, and GPTEngine runs the forward and backward of one global batch and the gradient clipping
+that Megatron's train_step does, for any layout from one process to pp x dp x tp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.parallel import loss_parallel
+
+from nemo_llm.models.gpt.model import GPTModel, gpt_loss
+from nemo_llm.parallel.data_parallel import all_reduce_gradients, apply_fsdp, local
+from nemo_llm.parallel.pipeline_parallel import build_schedule, build_stage, stage_indices, stage_layer_counts
+from nemo_llm.parallel.recompute import apply_recompute
+from nemo_llm.parallel.state import ParallelState
+from nemo_llm.parallel.tensor_parallel import apply_tensor_parallel
+
+
+@dataclass
+class EngineSettings:
+    sequence_parallel: bool = False
+    use_distributed_optimizer: bool = False
+    pipeline_schedule: str = "1f1b"
+    pipeline_layer_split: list[int] | None = None
+    precision: str = "32"  # 32 | bf16-mixed
+    recompute: dict = field(default_factory=lambda: {"granularity": None})
+
+
+def parallelize_gpt(model: GPTModel, state: ParallelState, settings: EngineSettings) -> list[GPTModel]:
+    """This rank's model parts (one per virtual pipeline stage), in visible order:
+    pipeline split -> tensor/sequence parallel -> recompute -> FSDP."""
+    pp, vp = state.pipeline_model_parallel_size, state.virtual_pipeline_model_parallel_size or 1
+    counts = stage_layer_counts(model.config.num_layers, pp * vp, settings.pipeline_layer_split)
+    if pp * vp == 1:
+        parts = [model]
+    else:
+        parts = [build_stage(model, index, counts) for index in stage_indices(state.pp_rank, pp, vp)]
+    for part in parts:
+        if state.tensor_model_parallel_size > 1:
+            apply_tensor_parallel(part, state.tp_mesh, settings.sequence_parallel)
+        apply_recompute(part, **settings.recompute)
+        if settings.use_distributed_optimizer:
+            param_dtype = torch.bfloat16 if settings.precision == "bf16-mixed" else None
+            apply_fsdp(part, state.dp_mesh, param_dtype)
+    return parts
+
+
+class GPTEngine(nn.Module):
+    """Holds this rank's parts (so Lightning sees their parameters) and runs a training step."""
+
+    def __init__(self, model: GPTModel, state: ParallelState, settings: EngineSettings, num_microbatches: int,
+                 device: torch.device):
+        super().__init__()
+        self.state = state
+        self.settings = settings
+        self.num_microbatches = num_microbatches
+        self.parts = nn.ModuleList(parallelize_gpt(model, state, settings))
+        self.tensor_parallel = state.tensor_model_parallel_size > 1
+        pp, vp = state.pipeline_model_parallel_size, state.virtual_pipeline_model_parallel_size or 1
+        self.stages = stage_indices(state.pp_rank, pp, vp)
+        self.num_stages = pp * vp
+        self.schedule = None
+        if self.num_stages > 1:
+            self.schedule = build_schedule(self.parts, self.stages, self.num_stages, num_microbatches, gpt_loss,
+                                           device, state.pp_mesh.get_group(), settings.pipeline_schedule)
+        # bf16 by autocast unless FSDP computes in bf16 already (MixedPrecisionPolicy).
+        self.autocast = settings.precision == "bf16-mixed" and not settings.use_distributed_optimizer
+        self.device = device
+
+    def _loss_context(self):
+        # loss_parallel must enclose forward and backward, once per step (it cannot be re-entered).
+        return loss_parallel() if self.tensor_parallel else nullcontext()
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else nullcontext()
+
+    @property
+    def holds_last_stage(self) -> bool:
+        return self.num_stages - 1 in self.stages
+
+    @property
+    def holds_first_stage(self) -> bool:
+        return 0 in self.stages
+
+    def forward_backward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Forward and backward of this data-parallel rank's share of a global batch (all its
+        microbatches, gradients averaged over them); returns the mean loss over the whole global
+        batch, the same on every rank."""
+        with self._loss_context(), self._autocast():
+            if self.schedule is None:
+                loss_sum = torch.zeros((), device=self.device)
+                for tok, lab in zip(tokens.chunk(self.num_microbatches), labels.chunk(self.num_microbatches)):
+                    loss = gpt_loss(self.parts[0](tok), lab)
+                    (loss / self.num_microbatches).backward()
+                    loss_sum += _full(loss).detach()
+                loss = loss_sum / self.num_microbatches
+            else:
+                losses: list[torch.Tensor] = []
+                inputs = (tokens,) if self.holds_first_stage else ()
+                target = labels if self.holds_last_stage else None
+                self.schedule.step(*inputs, target=target, losses=losses)
+                loss = (torch.stack([_full(x).detach() for x in losses]).mean() if losses
+                        else torch.zeros((), device=self.device))
+        self._finish_gradients()
+        return self._reduce_loss(loss)
+
+    def _finish_gradients(self) -> None:
+        state = self.state
+        if not self.settings.use_distributed_optimizer:
+            all_reduce_gradients(self.parameters(), state.dp_mesh.get_group())
+        if state.embedding_group is not None and self.parts[0].config.share_embeddings_and_output_weights:
+            shared = []
+            if self.holds_first_stage:
+                shared.append(self.parts[0].embedding.word_embeddings.weight)
+            if self.holds_last_stage:
+                shared.append(self.parts[-1].output_layer.weight)
+            for param in shared:
+                if param.grad is None:
+                    continue
+                if isinstance(param.grad, DTensor) and param.grad.placements != param.placements:
+                    # A vocab-sharded embedding's gradient comes back replicated; shard it like its
+                    # parameter so both stages all-reduce tensors of the same shape.
+                    param.grad = param.grad.redistribute(placements=param.placements)
+                dist.all_reduce(local(param.grad), group=state.embedding_group)
+
+    def _reduce_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The last stage's loss, averaged over data-parallel ranks, on every rank."""
+        state = self.state
+        loss = loss.float().clone()
+        if state.pipeline_model_parallel_size > 1:
+            dist.all_reduce(loss, group=state.pp_mesh.get_group())  # only the last stage is non-zero
+        if state.data_parallel_size > 1:
+            dist.all_reduce(loss, group=state.dp_mesh.get_group())
+            loss /= state.data_parallel_size
+        return loss
+
+    @torch.no_grad()
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
+        """Global L2 norm of all gradients across tp, pp and dp (before clipping); scales them to
+        max_norm when above it (0: never). Each parameter is counted once: sharded DTensor norms
+        are combined over their mesh, replicated parameters are not summed over their replicas."""
+        squares = torch.zeros((), device=self.device, dtype=torch.float32)
+        for param in self._unique_parameters():
+            if param.grad is None:
+                continue
+            norm = torch.linalg.vector_norm(param.grad, dtype=torch.float32)
+            squares += _full(norm) ** 2
+        if self.state.pipeline_model_parallel_size > 1:
+            dist.all_reduce(squares, group=self.state.pp_mesh.get_group())
+        total = squares.sqrt()
+        if max_norm > 0:
+            coefficient = max_norm / (total.item() + 1e-6)
+            if coefficient < 1.0:
+                for param in self.parameters():
+                    if param.grad is not None:
+                        param.grad.mul_(coefficient)
+        return total
+
+    def _unique_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters, leaving out the last stage's copy of tied embeddings (counted on the first stage)."""
+        skip = None
+        if self.holds_last_stage and not self.holds_first_stage and self.parts[-1].config.share_embeddings_and_output_weights:
+            skip = self.parts[-1].output_layer.weight
+        for param in self.parameters():
+            if param is not skip:
+                yield param
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits of a single-stage model (evaluation and generation without pipelining)."""
+        if self.num_stages > 1:
+            raise RuntimeError("forward() of a pipelined model: use forward_backward() or evaluate per stage")
+        return self.parts[0](tokens)
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def microbatch_count(global_batch_size: int, micro_batch_size: int, data_parallel_size: int) -> int:
+    return global_batch_size // (micro_batch_size * data_parallel_size)
+
+
+__all__ = ["EngineSettings", "GPTEngine", "microbatch_count", "parallelize_gpt"]
