@@ -79,6 +79,11 @@ class ModelConfig:
     pipeline_model_parallel_size: int = 1
     virtual_pipeline_model_parallel_size: Optional[int] = None
     sequence_parallel: bool = False
+    pipeline_schedule: str = "1f1b"  # 1f1b | gpipe; interleaved 1F1B when virtual_pipeline_model_parallel_size > 1
+    pipeline_model_parallel_layer_split: Optional[List[int]] = None  # layers per stage; null: equal shares
+    # true: FSDP2 over data-parallel ranks shards optimizer states, gradients and parameters;
+    # false: parameters replicated, gradients all-reduced
+    use_distributed_optimizer: bool = False
     # Batch: global = micro x data-parallel size x gradient-accumulation steps
     micro_batch_size: int = MISSING
     global_batch_size: int = MISSING

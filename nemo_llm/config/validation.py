@@ -21,6 +21,7 @@ TOKENIZER_LIBRARIES = ("sentencepiece", "byte")
 SENTENCEPIECE_MODEL_TYPES = ("bpe", "unigram")
 GENERATE_STRATEGIES = ("greedy", "top_k", "top_p")
 EVAL_SPLITS = ("validation", "test")
+PIPELINE_SCHEDULES = ("1f1b", "gpipe")
 
 
 class ConfigError(NemoLLMError, ValueError):
@@ -108,9 +109,16 @@ def validate_model(m: DictConfig) -> None:
         _require(vp == 1 or pp > 1, "model.virtual_pipeline_model_parallel_size > 1 needs "
                                     "model.pipeline_model_parallel_size > 1")
     chunks = pp * (vp or 1)
-    _require(m.num_layers % chunks == 0,
-             f"model.num_layers={m.num_layers} is not divisible by pipeline stages x virtual stages "
-             f"= {chunks}: change num_layers or the pipeline sizes")
+    split = m.pipeline_model_parallel_layer_split
+    if split is None:
+        _require(m.num_layers % chunks == 0,
+                 f"model.num_layers={m.num_layers} is not divisible by pipeline stages x virtual stages "
+                 f"= {chunks}: change num_layers or the pipeline sizes, or set model.pipeline_model_parallel_layer_split")
+    else:
+        _require(len(split) == chunks and sum(split) == m.num_layers and min(split) >= 1,
+                 f"model.pipeline_model_parallel_layer_split={list(split)} must list {chunks} stages of at least one "
+                 f"layer each, summing to model.num_layers={m.num_layers}")
+    _one_of(m.pipeline_schedule, PIPELINE_SCHEDULES, "model.pipeline_schedule")
 
     granularity = m.activations_checkpoint_granularity
     _one_of(granularity, RECOMPUTE_GRANULARITIES, "model.activations_checkpoint_granularity")
@@ -166,6 +174,12 @@ def validate_trainer(cfg: DictConfig) -> None:
              f"model.global_batch_size={m.global_batch_size} is not divisible by model.micro_batch_size x "
              f"data parallel size = {m.micro_batch_size} x {dp}: pick a global batch that is a multiple of "
              f"{m.micro_batch_size * dp}")
+    num_micro = m.global_batch_size // (m.micro_batch_size * dp)
+    pp = m.pipeline_model_parallel_size
+    if (m.virtual_pipeline_model_parallel_size or 1) > 1:
+        _require(num_micro % pp == 0,
+                 f"interleaved pipelining needs the number of microbatches ({num_micro} = global batch / (micro x "
+                 f"DP)) to be a multiple of model.pipeline_model_parallel_size={pp}: change model.global_batch_size")
 
 
 def validate_evaluation(e: DictConfig) -> None:

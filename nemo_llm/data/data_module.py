@@ -10,16 +10,16 @@ from nemo_llm.data.gpt_dataset import GPTDataset, PretrainingBatchSampler, build
 
 
 class GPTDataModule(pl.LightningDataModule):
-    """Train batches are whole global batches (this rank's share), as many as trainer.max_steps
-    needs, starting after the module's consumed_samples; validation is one pass in micro batches."""
+    """Every batch is this data-parallel rank's share of a global batch (tensor and pipeline peers
+    read the same share). Train batches, as many as trainer.max_steps needs, start after the
+    module's consumed_samples; validation goes once over its split in global batches."""
 
-    def __init__(self, data_prefix: str, split_fractions: list[float], seq_length: int, micro_batch_size: int,
-                 global_batch_size: int, max_steps: int, seed: int, num_workers: int = 0):
+    def __init__(self, data_prefix: str, split_fractions: list[float], seq_length: int, global_batch_size: int,
+                 max_steps: int, seed: int, num_workers: int = 0):
         super().__init__()
         self.data_prefix = data_prefix
         self.split_fractions = split_fractions
         self.seq_length = seq_length
-        self.micro_batch_size = micro_batch_size
         self.global_batch_size = global_batch_size
         self.max_steps = max_steps
         self.seed = seed
@@ -33,14 +33,15 @@ class GPTDataModule(pl.LightningDataModule):
                                            train_samples=self.max_steps * self.global_batch_size,
                                            splits=("train", "validation"))
 
-    def train_dataloader(self) -> DataLoader:
-        consumed = self.trainer.lightning_module.consumed_samples if self.trainer else 0
-        sampler = PretrainingBatchSampler(len(self.datasets["train"]), consumed, self.global_batch_size)
-        return DataLoader(self.datasets["train"], batch_sampler=sampler, num_workers=self.num_workers,
+    def _loader(self, split: str, consumed_samples: int) -> DataLoader:
+        state = self.trainer.strategy.parallel_state
+        sampler = PretrainingBatchSampler(len(self.datasets[split]), consumed_samples, self.global_batch_size,
+                                          state.dp_rank, state.data_parallel_size)
+        return DataLoader(self.datasets[split], batch_sampler=sampler, num_workers=self.num_workers,
                           pin_memory=torch.cuda.is_available())
 
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.trainer.lightning_module.consumed_samples)
+
     def val_dataloader(self) -> DataLoader | list:
-        if "validation" not in self.datasets:
-            return []
-        return DataLoader(self.datasets["validation"], batch_size=self.micro_batch_size, drop_last=True,
-                          num_workers=self.num_workers)
+        return self._loader("validation", 0) if "validation" in self.datasets else []

@@ -5,6 +5,7 @@ that Megatron's train_step does, for any layout from one process to pp x dp x tp
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -16,6 +17,9 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel
 
 from nemo_llm.models.gpt.model import GPTModel, gpt_loss
+
+# DTensor advises flattening (dp, tp) for the gradient norm's two all-reduces; it is once per step.
+logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
 from nemo_llm.parallel.data_parallel import all_reduce_gradients, apply_fsdp, local
 from nemo_llm.parallel.pipeline_parallel import build_schedule, build_stage, stage_indices, stage_layer_counts
 from nemo_llm.parallel.recompute import apply_recompute
@@ -111,6 +115,21 @@ class GPTEngine(nn.Module):
         self._finish_gradients()
         return self._reduce_loss(loss)
 
+    @torch.no_grad()
+    def evaluate_loss(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean loss of one batch without gradients (the pipeline runs forward only), on every rank."""
+        with self._loss_context(), self._autocast():
+            if self.schedule is None:
+                loss = _full(gpt_loss(self.parts[0](tokens), labels)).detach()
+            else:
+                losses: list[torch.Tensor] = []
+                inputs = (tokens,) if self.holds_first_stage else ()
+                target = labels if self.holds_last_stage else None
+                self.schedule.eval(*inputs, target=target, losses=losses)
+                loss = (torch.stack([_full(x).detach() for x in losses]).mean() if losses
+                        else torch.zeros((), device=self.device))
+        return self._reduce_loss(loss)
+
     def _finish_gradients(self) -> None:
         state = self.state
         if not self.settings.use_distributed_optimizer:
@@ -146,12 +165,17 @@ class GPTEngine(nn.Module):
         """Global L2 norm of all gradients across tp, pp and dp (before clipping); scales them to
         max_norm when above it (0: never). Each parameter is counted once: sharded DTensor norms
         are combined over their mesh, replicated parameters are not summed over their replicas."""
-        squares = torch.zeros((), device=self.device, dtype=torch.float32)
+        # One norm per (mesh, placements) group of gradients, so one collective per group, not per tensor.
+        groups: dict[tuple, list[torch.Tensor]] = {}
         for param in self._unique_parameters():
-            if param.grad is None:
-                continue
-            norm = torch.linalg.vector_norm(param.grad, dtype=torch.float32)
-            squares += _full(norm) ** 2
+            if param.grad is not None:
+                grad = param.grad
+                key = (id(grad.device_mesh), grad.placements) if isinstance(grad, DTensor) else ("local",)
+                groups.setdefault(key, []).append(grad)
+        squares = torch.zeros((), device=self.device, dtype=torch.float32)
+        for grads in groups.values():
+            norms = torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads])
+            squares += _full(torch.linalg.vector_norm(norms)) ** 2
         if self.state.pipeline_model_parallel_size > 1:
             dist.all_reduce(squares, group=self.state.pp_mesh.get_group())
         total = squares.sqrt()

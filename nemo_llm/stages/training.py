@@ -1,12 +1,22 @@
-"""Stage training: pretraining with the Lightning Trainer (nemo_llm.training.pretrain)."""
+"""Stage training: pretraining with the Lightning Trainer (nemo_llm.training.pretrain), in this
+process for one device, or in trainer.devices local worker processes."""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+import os
+
+from omegaconf import DictConfig, OmegaConf
 
 from nemo_llm.config import ConfigError
+from nemo_llm.launcher import launch_local
 from nemo_llm.stages.base import Stage
 from nemo_llm.training.checkpoint import last_checkpoint_path
+
+
+def _train_worker(config_yaml: str) -> dict:
+    from nemo_llm.training.pretrain import pretrain  # Lightning is imported only where training runs
+
+    return pretrain(OmegaConf.create(config_yaml))
 
 
 class TrainingStage(Stage):
@@ -19,13 +29,18 @@ class TrainingStage(Stage):
             raise ConfigError(
                 f"{checkpoints} holds checkpoints of an earlier run, which training would overwrite: "
                 "choose another run_dir= (or run_name=), or move that directory away")
-        world = cfg.trainer.devices * cfg.trainer.num_nodes
-        if world > 1:
+        if cfg.trainer.num_nodes > 1 and "MASTER_ADDR" not in os.environ:
             raise ConfigError(
-                f"trainer.devices x trainer.num_nodes = {world}: training runs in one process in this version; "
-                "set trainer.devices=1 trainer.num_nodes=1 (dry_run=true still prints the plan of any layout)")
+                f"trainer.num_nodes={cfg.trainer.num_nodes}: a multi-node run is started on every node by a "
+                "cluster launcher that sets MASTER_ADDR and MASTER_PORT; locally use trainer.num_nodes=1")
 
     def run(self, cfg: DictConfig) -> dict:
-        from nemo_llm.training.pretrain import pretrain  # Lightning is imported only when training runs
-
-        return pretrain(cfg)
+        t = cfg.trainer
+        if t.devices * t.num_nodes == 1:
+            return _train_worker(OmegaConf.to_yaml(cfg, resolve=True))
+        endpoint = "localhost:0"
+        if t.num_nodes > 1:
+            endpoint = f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '29500')}"
+        results = launch_local(_train_worker, (OmegaConf.to_yaml(cfg, resolve=True),), t.devices, t.num_nodes,
+                               endpoint)
+        return results[min(results)]

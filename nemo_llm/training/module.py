@@ -1,6 +1,8 @@
 """The LightningModule of GPT pretraining. One training_step is one optimizer step over one
-global batch: the microbatch loop, gradient clipping and the optimizer step are written out in
-order, as in Megatron's train_step, which is why optimization is manual."""
+global batch: forward and backward of all microbatches (through the pipeline schedule when there
+is one), gradient clipping and the optimizer step, written out in order as in Megatron's
+train_step, which is why optimization is manual. The GPTEngine (nemo_llm.parallel) is built in
+configure_model(), once MegatronStrategy has set up the process group and the mesh."""
 
 from __future__ import annotations
 
@@ -10,60 +12,57 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from nemo_llm.models.gpt import GPTConfig, GPTModel, gpt_loss
-from nemo_llm.parallel import apply_recompute
-from nemo_llm.training.optim import build_optimizer, build_scheduler, clip_grad_norm
+from nemo_llm.models.gpt import GPTConfig, GPTModel
+from nemo_llm.parallel.engine import EngineSettings, GPTEngine, microbatch_count
+from nemo_llm.training.optim import build_optimizer, build_scheduler
 
 
 class GPTPretrainModule(pl.LightningModule):
     def __init__(self, gpt_config: Mapping[str, Any], optim: Mapping[str, Any], micro_batch_size: int,
                  global_batch_size: int, max_steps: int, gradient_clip_val: float,
-                 recompute: Mapping[str, Any] | None = None):
+                 engine: Mapping[str, Any] | None = None):
         super().__init__()
         # Plain dicts only, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.model = GPTModel(GPTConfig(**gpt_config))
-        # granularity / method / num_layers, as model.activations_checkpoint_* in the config
-        apply_recompute(self.model, **(recompute or {"granularity": None}))
+        self.engine: GPTEngine | None = None
         self.consumed_samples = 0
         self.step_metrics: dict[str, torch.Tensor] = {}
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model(tokens)
+    def configure_model(self) -> None:
+        if self.engine is not None:
+            return
+        state = self.trainer.strategy.parallel_state
+        num_micro = microbatch_count(self.hparams.global_batch_size, self.hparams.micro_batch_size,
+                                     state.data_parallel_size)
+        model = GPTModel(GPTConfig(**self.hparams.gpt_config))
+        self.engine = GPTEngine(model, state, EngineSettings(**(self.hparams.engine or {})), num_micro,
+                                self.trainer.strategy.root_device)
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.model, self.hparams.optim)
+        optimizer = build_optimizer(self.engine, self.hparams.optim)
         scheduler = build_scheduler(optimizer, self.hparams.optim, self.hparams.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        micro = self.hparams.micro_batch_size
-        num_micro = batch["tokens"].shape[0] // micro
-        loss_sum = torch.zeros((), device=self.device)
-        for i in range(num_micro):
-            part = {k: v[i * micro:(i + 1) * micro] for k, v in batch.items()}
-            loss = gpt_loss(self.model(part["tokens"]), part["labels"])
-            self.manual_backward(loss / num_micro)
-            loss_sum += loss.detach()
-        grad_norm = clip_grad_norm(self.model.parameters(), self.hparams.gradient_clip_val)
+        loss = self.engine.forward_backward(batch["tokens"], batch["labels"])
+        grad_norm = self.engine.clip_grad_norm(self.hparams.gradient_clip_val)
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         self.consumed_samples += self.hparams.global_batch_size
 
-        loss = loss_sum / num_micro
         self.step_metrics = {"loss": loss, "lr": torch.tensor(lr), "grad_norm": grad_norm}
-        self.log("loss", loss, prog_bar=True)
-        self.log("lr", lr)
-        self.log("grad_norm", grad_norm)
+        self.log("loss", loss, prog_bar=True, rank_zero_only=True)
+        self.log("lr", lr, rank_zero_only=True)
+        self.log("grad_norm", grad_norm, rank_zero_only=True)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = gpt_loss(self.model(batch["tokens"]), batch["labels"])
-        self.log("val_loss", loss, prog_bar=True, batch_size=batch["tokens"].shape[0])
+        loss = self.engine.evaluate_loss(batch["tokens"], batch["labels"])
+        self.log("val_loss", loss, prog_bar=True, batch_size=batch["tokens"].shape[0], rank_zero_only=True)
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -13,25 +13,37 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from nemo_llm.config.validation import data_parallel_size, parse_splits
+from nemo_llm.config.validation import parse_splits
 from nemo_llm.data.data_module import GPTDataModule
 from nemo_llm.models.gpt import gpt_config_from
+from nemo_llm.parallel.engine import EngineSettings
 from nemo_llm.plan import model_flops_per_iteration
 from nemo_llm.tokenizers import build_tokenizer
 from nemo_llm.training.callbacks import StepMetrics
 from nemo_llm.training.checkpoint import CHECKPOINT_DIR, last_checkpoint_path
 from nemo_llm.training.module import GPTPretrainModule
+from nemo_llm.training.strategy import MegatronStrategy
 from nemo_llm.training.throughput import peak_tflops_per_device
 
 def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], has_validation: bool) -> pl.Trainer:
     t = cfg.trainer
     run_dir = Path(cfg.run_dir)
     logger = TensorBoardLogger(str(run_dir), name="tensorboard", version="") if cfg.training.tensorboard else False
+    m = cfg.model
+    on_gpu = t.accelerator == "gpu" or (t.accelerator == "auto" and torch.cuda.is_available())
+    strategy = MegatronStrategy(
+        tensor_model_parallel_size=m.tensor_model_parallel_size,
+        pipeline_model_parallel_size=m.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=m.virtual_pipeline_model_parallel_size,
+        process_group_backend="nccl" if on_gpu else "gloo",
+    )
     return pl.Trainer(
-        accelerator=t.accelerator,
+        accelerator="gpu" if on_gpu else "cpu",
         devices=t.devices,
         num_nodes=t.num_nodes,
-        precision=str(t.precision),
+        strategy=strategy,
+        # The engine applies bf16 itself (autocast, or FSDP's mixed-precision policy).
+        precision="32-true",
         max_steps=t.max_steps,
         val_check_interval=t.val_check_interval,
         check_val_every_n_epoch=None,
@@ -48,6 +60,21 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], has_validation:
     )
 
 
+def engine_settings(cfg: DictConfig) -> EngineSettings:
+    m = cfg.model
+    split = m.pipeline_model_parallel_layer_split
+    return EngineSettings(
+        sequence_parallel=m.sequence_parallel and m.tensor_model_parallel_size > 1,
+        use_distributed_optimizer=m.use_distributed_optimizer,
+        pipeline_schedule=m.pipeline_schedule,
+        pipeline_layer_split=list(split) if split is not None else None,
+        precision=str(cfg.trainer.precision),
+        recompute={"granularity": m.activations_checkpoint_granularity,
+                   "method": m.activations_checkpoint_method,
+                   "num_layers": m.activations_checkpoint_num_layers},
+    )
+
+
 def pretrain(cfg: DictConfig) -> dict:
     """Train cfg.model for cfg.trainer.max_steps; returns a summary. Writes <run_dir>/checkpoints/,
     metrics.jsonl, val_metrics.jsonl and tensorboard/."""
@@ -55,6 +82,9 @@ def pretrain(cfg: DictConfig) -> dict:
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
     # Lightning's own deprecation noise about torch internals says nothing to our users.
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    # Checkpoints after the optimizer step are what we want; val_loss is already reduced over ranks.
+    warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
     m, t = cfg.model, cfg.trainer
     run_dir = Path(cfg.run_dir)
     tokenizer = build_tokenizer(m.tokenizer.library, m.tokenizer.model)
@@ -67,13 +97,10 @@ def pretrain(cfg: DictConfig) -> dict:
         global_batch_size=m.global_batch_size,
         max_steps=t.max_steps,
         gradient_clip_val=t.gradient_clip_val,
-        recompute={"granularity": m.activations_checkpoint_granularity,
-                   "method": m.activations_checkpoint_method,
-                   "num_layers": m.activations_checkpoint_num_layers},
+        engine=asdict(engine_settings(cfg)),
     )
     data = GPTDataModule(m.data.data_prefix, parse_splits(m.data.splits_string), m.encoder_seq_length,
-                         m.micro_batch_size, m.global_batch_size // data_parallel_size(cfg), t.max_steps, cfg.seed,
-                         m.data.num_workers)
+                         m.global_batch_size, t.max_steps, cfg.seed, m.data.num_workers)
     data.setup("fit")
 
     world_size = t.devices * t.num_nodes
