@@ -101,9 +101,11 @@ class SelfAttention(nn.Module):
         )
 
     def core_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q, k, v: [b, heads, s, d] -> [b, heads, s, d]. Kept a method so that selective recompute can target it."""
+        """q [b, a, s, d], k and v [b, g, s, d] -> [b, a, s, d]. Query heads j*a/g .. (j+1)*a/g - 1 share
+        key/value head j (enable_gqa), so keys and values are never copied per head. A method of its
+        own so that selective recompute can target it."""
         dropout = self.attention_dropout if self.training else 0.0
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
@@ -112,9 +114,6 @@ class SelfAttention(nn.Module):
         q = self.rotary(q.reshape(b, s, -1, self.head_dim))
         k = self.rotary(k.squeeze(3))
         v = v.squeeze(3)
-        # Each key/value group serves heads_per_group consecutive query heads.
-        k = k.repeat_interleave(self.heads_per_group, dim=2)
-        v = v.repeat_interleave(self.heads_per_group, dim=2)
         y = self.core_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.linear_proj(y.transpose(1, 2).reshape(b, s, -1))
 
