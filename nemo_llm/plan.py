@@ -1,9 +1,9 @@
 """The plan printed before any stage runs: exact parameter count, layout, memory per device.
 
 Pure arithmetic on the config; nothing is allocated. Memory follows what nemo_llm does when it
-trains (fp32 parameters and gradients, AdamW's two fp32 moments; bf16-mixed autocasts the
-compute) and activations follow Korthikanti et al. 2022, "Reducing Activation Recomputation in
-Large Transformer Models", section 4.
+trains (fp32 parameters and gradients, AdamW's two fp32 moments, sharded over data-parallel
+ranks with the distributed optimizer; bf16/fp16 compute) and activations follow Korthikanti et
+al. 2022, "Reducing Activation Recomputation in Large Transformer Models", section 4.
 """
 
 from __future__ import annotations
@@ -18,7 +18,22 @@ from nemo_llm.config.validation import data_parallel_size
 from nemo_llm.models.gpt.model import pad_vocab_size
 
 GiB = 1024**3
-BYTES_PER_PARAM = {"weights": 4, "gradients": 4, "optimizer": 8}
+BYTES_PER_PARAM = {"weights": 4, "gradients": 4, "optimizer": 8}  # fp32 master, fp32 grads, AdamW's 2 moments
+COMPUTE_BYTES = {"32": 4, "bf16-mixed": 2, "16-mixed": 2}
+
+
+def parameter_bytes(cfg: DictConfig, params: float) -> tuple[float, float, float]:
+    """(weights, gradients, optimizer) bytes for `params` parameters on one rank.
+
+    Replicated data parallelism keeps all three whole. The distributed optimizer (FSDP2) shards
+    each over the data-parallel ranks, and keeps the parameters gathered in the compute dtype
+    from forward to backward."""
+    if not cfg.model.use_distributed_optimizer:
+        return tuple(params * BYTES_PER_PARAM[k] for k in ("weights", "gradients", "optimizer"))
+    dp = data_parallel_size(cfg)
+    gathered = params * COMPUTE_BYTES[str(cfg.trainer.precision)]
+    return (params * BYTES_PER_PARAM["weights"] / dp + gathered, params * BYTES_PER_PARAM["gradients"] / dp,
+            params * BYTES_PER_PARAM["optimizer"] / dp)
 
 
 def configured_vocab_size(m: DictConfig) -> int:
@@ -143,7 +158,7 @@ def estimate_memory(cfg: DictConfig, vocab: int) -> MemoryEstimate:
     vp = m.virtual_pipeline_model_parallel_size or 1
     if vp > 1:
         in_flight *= 1 + (pp - 1) / (pp * vp)
-    precision_scale = 2 if str(cfg.trainer.precision) == "32" else 1
+    precision_scale = COMPUTE_BYTES[str(cfg.trainer.precision)] / 2  # the formulas count 16-bit activations
     logits = 4 * s * b * vocab / t  # fp32 logits for the loss on the last stage
 
     candidates = []
@@ -152,9 +167,7 @@ def estimate_memory(cfg: DictConfig, vocab: int) -> MemoryEstimate:
         held = in_flight if first else 1
         activations = stage_activations * held * precision_scale + (logits if last else 0)
         candidates.append(MemoryEstimate(
-            weights=params * BYTES_PER_PARAM["weights"],
-            gradients=params * BYTES_PER_PARAM["gradients"],
-            optimizer=params * BYTES_PER_PARAM["optimizer"],
+            *parameter_bytes(cfg, params),
             activations=activations,
         ))
     return max(candidates, key=lambda e: e.total)

@@ -134,3 +134,15 @@ def test_plan_renders_every_section():
     for word in ("parameters", "layout", "TP 8 x PP 16 x DP 8", "memory/device", "weights", "gradients", "optimizer",
                  "activations", "data_preparation -> training -> evaluation"):
         assert word in text
+
+
+def test_distributed_optimizer_shards_parameter_state_over_data_parallel_ranks():
+    base = ["+model=gpt_1.3b"]
+    replicated = build_plan(compose(base)).memory
+    sharded = build_plan(compose(base + ["model.use_distributed_optimizer=true"])).memory
+    params = replicated.weights / 4
+    dp = 128
+    assert sharded.optimizer == pytest.approx(8 * params / dp)
+    assert sharded.gradients == pytest.approx(4 * params / dp)
+    assert sharded.weights == pytest.approx(4 * params / dp + 2 * params)  # fp32 shard + gathered bf16
+    assert sharded.activations == replicated.activations

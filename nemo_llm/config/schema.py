@@ -102,7 +102,7 @@ class TrainerConfig:
     accelerator: str = "auto"  # auto | cpu | gpu
     devices: int = 1  # processes (GPUs) per node
     num_nodes: int = 1
-    precision: str = "32"  # 32 | bf16-mixed
+    precision: str = "32"  # 32 | bf16-mixed | 16-mixed (fp16 with dynamic loss scaling)
     max_steps: int = 100
     val_check_interval: int = 50  # optimizer steps between validations
     limit_val_batches: int = 10  # micro-batches per validation

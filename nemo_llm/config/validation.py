@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from nemo_llm.errors import NemoLLMError
 
-PRECISIONS = ("32", "bf16-mixed")
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 ACCELERATORS = ("auto", "cpu", "gpu")
 NORMALIZATIONS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu", "swiglu")

@@ -21,6 +21,7 @@ from nemo_llm.models.gpt.model import GPTModel, gpt_loss
 # DTensor advises flattening (dp, tp) for the gradient norm's two all-reduces; it is once per step.
 logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
 from nemo_llm.parallel.data_parallel import all_reduce_gradients, apply_fsdp, local
+from nemo_llm.parallel.loss_scaler import DynamicLossScaler
 from nemo_llm.parallel.pipeline_parallel import build_schedule, build_stage, stage_indices, stage_layer_counts
 from nemo_llm.parallel.recompute import apply_recompute
 from nemo_llm.parallel.state import ParallelState
@@ -33,8 +34,11 @@ class EngineSettings:
     use_distributed_optimizer: bool = False
     pipeline_schedule: str = "1f1b"
     pipeline_layer_split: list[int] | None = None
-    precision: str = "32"  # 32 | bf16-mixed
+    precision: str = "32"  # 32 | bf16-mixed | 16-mixed (fp16 with dynamic loss scaling)
     recompute: dict = field(default_factory=lambda: {"granularity": None})
+
+
+HALF_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def parallelize_gpt(model: GPTModel, state: ParallelState, settings: EngineSettings) -> list[GPTModel]:
@@ -51,8 +55,7 @@ def parallelize_gpt(model: GPTModel, state: ParallelState, settings: EngineSetti
             apply_tensor_parallel(part, state.tp_mesh, settings.sequence_parallel)
         apply_recompute(part, **settings.recompute)
         if settings.use_distributed_optimizer:
-            param_dtype = torch.bfloat16 if settings.precision == "bf16-mixed" else None
-            apply_fsdp(part, state.dp_mesh, param_dtype)
+            apply_fsdp(part, state.dp_mesh, HALF_DTYPES.get(settings.precision))
     return parts
 
 
@@ -70,20 +73,31 @@ class GPTEngine(nn.Module):
         pp, vp = state.pipeline_model_parallel_size, state.virtual_pipeline_model_parallel_size or 1
         self.stages = stage_indices(state.pp_rank, pp, vp)
         self.num_stages = pp * vp
+        self.loss_scaler = DynamicLossScaler() if settings.precision == "16-mixed" else None
         self.schedule = None
         if self.num_stages > 1:
-            self.schedule = build_schedule(self.parts, self.stages, self.num_stages, num_microbatches, gpt_loss,
-                                           device, state.pp_mesh.get_group(), settings.pipeline_schedule)
-        # bf16 by autocast unless FSDP computes in bf16 already (MixedPrecisionPolicy).
-        self.autocast = settings.precision == "bf16-mixed" and not settings.use_distributed_optimizer
+            self.schedule = build_schedule(self.parts, self.stages, self.num_stages, num_microbatches,
+                                           self._scaled_loss, device, state.pp_mesh.get_group(),
+                                           settings.pipeline_schedule)
+        # Half precision by autocast unless FSDP computes in it already (MixedPrecisionPolicy).
+        self.compute_dtype = HALF_DTYPES.get(settings.precision)
+        self.autocast = self.compute_dtype is not None and not settings.use_distributed_optimizer
         self.device = device
+        self.skipped_step = False  # the last forward_backward found inf/NaN gradients (fp16)
 
     def _loss_context(self):
         # loss_parallel must enclose forward and backward, once per step (it cannot be re-entered).
         return loss_parallel() if self.tensor_parallel else nullcontext()
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype) if self.autocast else nullcontext()
+
+    @property
+    def _scale(self) -> float:
+        return self.loss_scaler.scale if self.loss_scaler else 1.0
+
+    def _scaled_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return gpt_loss(logits, labels) * self._scale
 
     @property
     def holds_last_stage(self) -> bool:
@@ -102,7 +116,7 @@ class GPTEngine(nn.Module):
                 loss_sum = torch.zeros((), device=self.device)
                 for tok, lab in zip(tokens.chunk(self.num_microbatches), labels.chunk(self.num_microbatches)):
                     loss = gpt_loss(self.parts[0](tok), lab)
-                    (loss / self.num_microbatches).backward()
+                    (loss * (self._scale / self.num_microbatches)).backward()
                     loss_sum += _full(loss).detach()
                 loss = loss_sum / self.num_microbatches
             else:
@@ -110,23 +124,43 @@ class GPTEngine(nn.Module):
                 inputs = (tokens,) if self.holds_first_stage else ()
                 target = labels if self.holds_last_stage else None
                 self.schedule.step(*inputs, target=target, losses=losses)
-                loss = (torch.stack([_full(x).detach() for x in losses]).mean() if losses
+                loss = (torch.stack([_full(x).detach() for x in losses]).mean() / self._scale if losses
                         else torch.zeros((), device=self.device))
         self._finish_gradients()
+        if self.loss_scaler is not None:
+            self._unscale_and_check()
         return self._reduce_loss(loss)
+
+    @torch.no_grad()
+    def _unscale_and_check(self) -> None:
+        """Divide gradients by the loss scale; on inf/NaN anywhere, drop them all (the optimizer then
+        changes nothing this step) and lower the scale."""
+        found = torch.zeros((), device=self.device)
+        for param in self.parameters():
+            if param.grad is not None:
+                grad = local(param.grad)
+                grad.div_(self._scale)
+                found = torch.maximum(found, (~torch.isfinite(grad)).any().float())
+        dist.all_reduce(found, op=dist.ReduceOp.MAX)
+        self.skipped_step = bool(found.item())
+        self.loss_scaler.update(self.skipped_step)
+        if self.skipped_step:
+            for param in self.parameters():
+                param.grad = None
 
     @torch.no_grad()
     def evaluate_loss(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean loss of one batch without gradients (the pipeline runs forward only), on every rank."""
         with self._loss_context(), self._autocast():
             if self.schedule is None:
-                loss = _full(gpt_loss(self.parts[0](tokens), labels)).detach()
+                chunks = zip(tokens.chunk(self.num_microbatches), labels.chunk(self.num_microbatches))
+                loss = torch.stack([_full(gpt_loss(self.parts[0](tok), lab)) for tok, lab in chunks]).mean()
             else:
                 losses: list[torch.Tensor] = []
                 inputs = (tokens,) if self.holds_first_stage else ()
                 target = labels if self.holds_last_stage else None
                 self.schedule.eval(*inputs, target=target, losses=losses)
-                loss = (torch.stack([_full(x).detach() for x in losses]).mean() if losses
+                loss = (torch.stack([_full(x).detach() for x in losses]).mean() / self._scale if losses
                         else torch.zeros((), device=self.device))
         return self._reduce_loss(loss)
 

@@ -54,7 +54,10 @@ class GPTPretrainModule(pl.LightningModule):
         scheduler.step()
         self.consumed_samples += self.hparams.global_batch_size
 
-        self.step_metrics = {"loss": loss, "lr": torch.tensor(lr), "grad_norm": grad_norm}
+        # An fp16 step with inf/NaN gradients left no gradients: the optimizer changed nothing, and
+        # the step counts, as in Megatron.
+        self.step_metrics = {"loss": loss, "lr": torch.tensor(lr), "grad_norm": grad_norm,
+                             "skipped": torch.tensor(float(self.engine.skipped_step))}
         self.log("loss", loss, prog_bar=True, rank_zero_only=True)
         self.log("lr", lr, rank_zero_only=True)
         self.log("grad_norm", grad_norm, rank_zero_only=True)
@@ -67,6 +70,10 @@ class GPTPretrainModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["consumed_samples"] = self.consumed_samples
+        if self.engine is not None and self.engine.loss_scaler is not None:
+            checkpoint["loss_scaler"] = self.engine.loss_scaler.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.consumed_samples = checkpoint.get("consumed_samples", 0)
+        if self.engine is not None and self.engine.loss_scaler is not None and "loss_scaler" in checkpoint:
+            self.engine.loss_scaler.load_state_dict(checkpoint["loss_scaler"])

@@ -70,7 +70,8 @@ class MegatronStrategy(DDPStrategy):
         dcp.save(tensors, checkpoint_id=str(path))
         if self.is_global_zero:
             meta = {k: v for k, v in checkpoint.items() if k in ("hyper_parameters", "global_step", "epoch",
-                                                                  "consumed_samples", "pytorch-lightning_version")}
+                                                                  "consumed_samples", "loss_scaler",
+                                                                  "pytorch-lightning_version")}
             torch.save(meta, path / DCP_META_FILE)
         self.barrier("after_dcp_save")
 

@@ -24,7 +24,7 @@ def refused(overrides):
     (["model.pipeline_model_parallel_size=3", "trainer.devices=3"], "model.num_layers=4 is not divisible by pipeline stages"),
     (["model.tensor_model_parallel_size=2", "trainer.devices=2", "model.sequence_parallel=true",
       "model.encoder_seq_length=127"], "model.encoder_seq_length=127 is not divisible by model.tensor_model_parallel_size=2"),
-    (["trainer.precision=16"], "trainer.precision=16 is not supported: use one of 32, bf16-mixed"),
+    (["trainer.precision=16"], "trainer.precision=16 is not supported: use one of 32, bf16-mixed, 16-mixed"),
     (["model.activation=relu"], "model.activation=relu is not supported"),
     (["model.normalization=batchnorm"], "model.normalization=batchnorm is not supported"),
     (["model.position_embedding_type=alibi"], "model.position_embedding_type=alibi is not supported"),

@@ -61,3 +61,21 @@ def test_recompute_keeps_fewer_activations():
     uniform1 = saved_bytes(apply_recompute(build(0.1), "full", "uniform", 1), ids)
     uniform4 = saved_bytes(apply_recompute(build(0.1), "full", "uniform", 4), ids)
     assert none > selective > uniform1 and none > block2 > uniform1 > uniform4
+
+
+def test_dynamic_loss_scaler():
+    from nemo_llm.parallel.loss_scaler import DynamicLossScaler
+
+    scaler = DynamicLossScaler(scale=1024.0, growth_interval=2)
+    scaler.update(found_inf=True)
+    assert scaler.scale == 512.0
+    scaler.update(False)
+    scaler.update(False)
+    assert scaler.scale == 1024.0
+    state = scaler.state_dict()
+    other = DynamicLossScaler()
+    other.load_state_dict(state)
+    assert other.scale == 1024.0
+    for _ in range(20):
+        scaler.update(True)
+    assert scaler.scale == 1.0  # never below min_scale
