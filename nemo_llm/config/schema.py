@@ -105,7 +105,7 @@ class TrainerConfig:
     precision: str = "32"  # 32 | bf16-mixed | 16-mixed (fp16 with dynamic loss scaling)
     max_steps: int = 100
     val_check_interval: int = 50  # optimizer steps between validations
-    limit_val_batches: int = 10  # micro-batches per validation
+    limit_val_batches: int = 10  # global batches per validation
     log_every_n_steps: int = 1
     gradient_clip_val: float = 1.0  # 0 disables clipping
     peak_tflops_per_device: Optional[float] = None  # MFU denominator; null: known GPU peak or measured CPU matmul

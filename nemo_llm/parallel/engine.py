@@ -120,12 +120,7 @@ class GPTEngine(nn.Module):
                     loss_sum += _full(loss).detach()
                 loss = loss_sum / self.num_microbatches
             else:
-                losses: list[torch.Tensor] = []
-                inputs = (tokens,) if self.holds_first_stage else ()
-                target = labels if self.holds_last_stage else None
-                self.schedule.step(*inputs, target=target, losses=losses)
-                loss = (torch.stack([_full(x).detach() for x in losses]).mean() / self._scale if losses
-                        else torch.zeros((), device=self.device))
+                loss = self._run_pipeline(self.schedule.step, tokens, labels)
         self._finish_gradients()
         if self.loss_scaler is not None:
             self._unscale_and_check()
@@ -156,13 +151,18 @@ class GPTEngine(nn.Module):
                 chunks = zip(tokens.chunk(self.num_microbatches), labels.chunk(self.num_microbatches))
                 loss = torch.stack([_full(gpt_loss(self.parts[0](tok), lab)) for tok, lab in chunks]).mean()
             else:
-                losses: list[torch.Tensor] = []
-                inputs = (tokens,) if self.holds_first_stage else ()
-                target = labels if self.holds_last_stage else None
-                self.schedule.eval(*inputs, target=target, losses=losses)
-                loss = (torch.stack([_full(x).detach() for x in losses]).mean() / self._scale if losses
-                        else torch.zeros((), device=self.device))
+                loss = self._run_pipeline(self.schedule.eval, tokens, labels)
         return self._reduce_loss(loss)
+
+    def _run_pipeline(self, run, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """schedule.step or schedule.eval with the inputs this rank's stages take; returns the mean
+        unscaled microbatch loss on the last stage and zero elsewhere."""
+        losses: list[torch.Tensor] = []
+        inputs = (tokens,) if self.holds_first_stage else ()
+        run(*inputs, target=labels if self.holds_last_stage else None, losses=losses)
+        if not losses:
+            return torch.zeros((), device=self.device)
+        return torch.stack([_full(x).detach() for x in losses]).mean() / self._scale
 
     def _finish_gradients(self) -> None:
         state = self.state
