@@ -29,7 +29,10 @@ def parameter_bytes(cfg: DictConfig, params: float) -> tuple[float, float, float
     each over the data-parallel ranks, and keeps the parameters gathered in the compute dtype
     from forward to backward."""
     if not cfg.model.use_distributed_optimizer:
-        return tuple(params * BYTES_PER_PARAM[k] for k in ("weights", "gradients", "optimizer"))
+        # Autocast caches a half-precision copy of each weight for the step.
+        cache = params * 2 if str(cfg.trainer.precision) != "32" else 0
+        return (params * BYTES_PER_PARAM["weights"] + cache, params * BYTES_PER_PARAM["gradients"],
+                params * BYTES_PER_PARAM["optimizer"])
     dp = data_parallel_size(cfg)
     gathered = params * COMPUTE_BYTES[str(cfg.trainer.precision)]
     return (params * BYTES_PER_PARAM["weights"] / dp + gathered, params * BYTES_PER_PARAM["gradients"] / dp,
@@ -121,11 +124,20 @@ class MemoryEstimate:
         return self.weights + self.gradients + self.optimizer + self.activations
 
 
+def pipeline_rank_layers(m: DictConfig, pp_rank: int) -> int:
+    """Transformer layers held by pipeline rank pp_rank (all its virtual stages)."""
+    pp, vp = m.pipeline_model_parallel_size, m.virtual_pipeline_model_parallel_size or 1
+    split = m.pipeline_model_parallel_layer_split
+    if split is None:
+        return m.num_layers // pp
+    return sum(split[pp_rank + chunk * pp] for chunk in range(vp))
+
+
 def stage_parameters(m: DictConfig, vocab: int, first: bool, last: bool) -> int:
     """Parameters held by one rank of the first and/or last pipeline stage."""
     t, pp = m.tensor_model_parallel_size, m.pipeline_model_parallel_size
     split, replicated = layer_parameters(m)
-    layers = m.num_layers // pp
+    layers = pipeline_rank_layers(m, 0 if first else pp - 1)
     params = layers * (split / t + replicated)
     words, positions = embedding_parameters(m, vocab)
     if first:
@@ -143,18 +155,20 @@ def estimate_memory(cfg: DictConfig, vocab: int) -> MemoryEstimate:
     pp, t = m.pipeline_model_parallel_size, m.tensor_model_parallel_size
     b, s = m.micro_batch_size, m.encoder_seq_length
     num_micro = m.global_batch_size // (b * data_parallel_size(cfg))
-    layers = m.num_layers // pp
     per_layer = activation_bytes_per_layer(m, b)
     layer_input = 2 * s * b * m.hidden_size / (t if m.sequence_parallel and t > 1 else 1)
     n = m.activations_checkpoint_num_layers
-    if m.activations_checkpoint_granularity == "full" and m.activations_checkpoint_method == "uniform":
-        stage_activations = math.ceil(layers / n) * layer_input
-    elif m.activations_checkpoint_granularity == "full":  # block: the first n layers only
-        stage_activations = n * layer_input + (layers - n) * per_layer
-    else:
-        stage_activations = layers * per_layer
-    # 1F1B: the first stage holds up to pp microbatches in flight; interleaving adds (p-1)/(p*v).
-    in_flight = min(pp, num_micro)
+
+    def stage_activations(layers: int) -> float:
+        if m.activations_checkpoint_granularity == "full" and m.activations_checkpoint_method == "uniform":
+            return math.ceil(layers / n) * layer_input
+        if m.activations_checkpoint_granularity == "full":  # block: the first n layers only
+            return min(n, layers) * layer_input + max(layers - n, 0) * per_layer
+        return layers * per_layer
+
+    # 1F1B: the first stage holds up to pp microbatches in flight; interleaving adds (p-1)/(p*v);
+    # GPipe runs every microbatch forward before any backward.
+    in_flight = num_micro if pp > 1 and m.pipeline_schedule == "gpipe" else min(pp, num_micro)
     vp = m.virtual_pipeline_model_parallel_size or 1
     if vp > 1:
         in_flight *= 1 + (pp - 1) / (pp * vp)
@@ -165,7 +179,8 @@ def estimate_memory(cfg: DictConfig, vocab: int) -> MemoryEstimate:
     for first, last in ((True, pp == 1), (False, True)):
         params = stage_parameters(m, vocab, first, last)
         held = in_flight if first else 1
-        activations = stage_activations * held * precision_scale + (logits if last else 0)
+        layers = pipeline_rank_layers(m, 0 if first else pp - 1)
+        activations = stage_activations(layers) * held * precision_scale + (logits if last else 0)
         candidates.append(MemoryEstimate(
             *parameter_bytes(cfg, params),
             activations=activations,
@@ -272,6 +287,7 @@ class Machine:
     gpus: int
     gpu_memory: float  # bytes per GPU (0 without GPUs)
     cpu_memory: float  # bytes
+    in_cluster_job: bool = False  # started by a cluster launcher on each node (MASTER_ADDR set)
 
     @staticmethod
     def detect() -> "Machine":
@@ -280,7 +296,8 @@ class Machine:
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         gpu_memory = torch.cuda.get_device_properties(0).total_memory if gpus else 0
         cpu_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        return Machine(gpus=gpus, gpu_memory=gpu_memory, cpu_memory=cpu_memory)
+        return Machine(gpus=gpus, gpu_memory=gpu_memory, cpu_memory=cpu_memory,
+                       in_cluster_job="MASTER_ADDR" in os.environ)
 
 
 def uses_gpu(cfg: DictConfig, machine: Machine) -> bool:
@@ -291,7 +308,7 @@ def check_resources(plan: Plan, cfg: DictConfig, machine: Machine) -> str | None
     """Why this machine cannot run the plan's training layout, in one line; None when it can."""
     gpu = uses_gpu(cfg, machine)
     where = f"{machine.gpus} GPU(s)" if machine.gpus else "no GPU"
-    if plan.num_nodes > 1:
+    if plan.num_nodes > 1 and not machine.in_cluster_job:
         return (f"{plan.model_name} needs {plan.world_size} devices ({plan.num_nodes} nodes x "
                 f"{plan.devices_per_node}; TP {plan.tensor_parallel} x PP {plan.pipeline_parallel} x "
                 f"DP {plan.data_parallel}) but this machine is one node with {where}: launch on a cluster, "

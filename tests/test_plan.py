@@ -100,6 +100,22 @@ def test_pipeline_first_stage_holds_p_microbatches():
     assert pp4.weights < one.weights
 
 
+def test_uneven_split_and_gpipe_change_the_first_stage():
+    common = ["model.num_layers=8", "model.micro_batch_size=1", "model.global_batch_size=16", "trainer.devices=2",
+              "model.pipeline_model_parallel_size=2"]
+    even = build_plan(compose(common)).memory
+    heavy_first = build_plan(compose(common + ["model.pipeline_model_parallel_layer_split=[6,2]"])).memory
+    assert heavy_first.activations == pytest.approx(even.activations * 6 / 4)
+    gpipe = build_plan(compose(common + ["model.pipeline_schedule=gpipe"])).memory
+    assert gpipe.activations == pytest.approx(even.activations * 16 / 2)  # all 16 microbatches, not 2
+
+
+def test_resource_check_lets_a_cluster_job_run_its_node():
+    cfg = compose(["+model=gpt_126m"])
+    node = Machine(gpus=8, gpu_memory=80 * GiB, cpu_memory=1024 * GiB, in_cluster_job=True)
+    assert check_resources(build_plan(cfg), cfg, node) is None
+
+
 def test_full_recompute_keeps_only_layer_inputs():
     full = compose(["model.activations_checkpoint_granularity=full", "model.activations_checkpoint_method=uniform",
                     "model.activations_checkpoint_num_layers=1"])
@@ -140,7 +156,8 @@ def test_distributed_optimizer_shards_parameter_state_over_data_parallel_ranks()
     base = ["+model=gpt_1.3b"]
     replicated = build_plan(compose(base)).memory
     sharded = build_plan(compose(base + ["model.use_distributed_optimizer=true"])).memory
-    params = replicated.weights / 4
+    params = replicated.gradients / 4
+    assert replicated.weights == 6 * params  # fp32 weights + autocast's bf16 copies
     dp = 128
     assert sharded.optimizer == pytest.approx(8 * params / dp)
     assert sharded.gradients == pytest.approx(4 * params / dp)

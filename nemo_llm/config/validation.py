@@ -119,6 +119,8 @@ def validate_model(m: DictConfig) -> None:
                  f"model.pipeline_model_parallel_layer_split={list(split)} must list {chunks} stages of at least one "
                  f"layer each, summing to model.num_layers={m.num_layers}")
     _one_of(m.pipeline_schedule, PIPELINE_SCHEDULES, "model.pipeline_schedule")
+    _require((vp or 1) == 1 or m.pipeline_schedule == "1f1b",
+             "model.virtual_pipeline_model_parallel_size > 1 runs interleaved 1F1B: set model.pipeline_schedule=1f1b")
 
     granularity = m.activations_checkpoint_granularity
     _one_of(granularity, RECOMPUTE_GRANULARITIES, "model.activations_checkpoint_granularity")
@@ -176,6 +178,10 @@ def validate_trainer(cfg: DictConfig) -> None:
              f"{m.micro_batch_size * dp}")
     num_micro = m.global_batch_size // (m.micro_batch_size * dp)
     pp = m.pipeline_model_parallel_size
+    if pp > 1 and m.pipeline_schedule == "1f1b":
+        _require(num_micro >= pp,
+                 f"1F1B pipelining needs at least as many microbatches ({num_micro} = global batch / (micro x DP)) "
+                 f"as model.pipeline_model_parallel_size={pp}: raise model.global_batch_size")
     if (m.virtual_pipeline_model_parallel_size or 1) > 1:
         _require(num_micro % pp == 0,
                  f"interleaved pipelining needs the number of microbatches ({num_micro} = global batch / (micro x "

@@ -114,7 +114,11 @@ class GPTEngine(nn.Module):
         with self._loss_context(), self._autocast():
             if self.schedule is None:
                 loss_sum = torch.zeros((), device=self.device)
-                for tok, lab in zip(tokens.chunk(self.num_microbatches), labels.chunk(self.num_microbatches)):
+                chunks = zip(tokens.chunk(self.num_microbatches), labels.chunk(self.num_microbatches))
+                for i, (tok, lab) in enumerate(chunks):
+                    if self.settings.use_distributed_optimizer:
+                        # Reduce-scatter gradients once, after the last microbatch, not after each.
+                        self.parts[0].set_requires_gradient_sync(i == self.num_microbatches - 1)
                     loss = gpt_loss(self.parts[0](tok), lab)
                     (loss * (self._scale / self.num_microbatches)).backward()
                     loss_sum += _full(loss).detach()

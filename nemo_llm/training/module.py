@@ -20,7 +20,7 @@ from nemo_llm.training.optim import build_optimizer, build_scheduler
 class GPTPretrainModule(pl.LightningModule):
     def __init__(self, gpt_config: Mapping[str, Any], optim: Mapping[str, Any], micro_batch_size: int,
                  global_batch_size: int, max_steps: int, gradient_clip_val: float,
-                 engine: Mapping[str, Any] | None = None):
+                 engine: Mapping[str, Any] | None = None, seed: int = 1234):
         super().__init__()
         # Plain dicts only, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters()
@@ -35,7 +35,10 @@ class GPTPretrainModule(pl.LightningModule):
         state = self.trainer.strategy.parallel_state
         num_micro = microbatch_count(self.hparams.global_batch_size, self.hparams.micro_batch_size,
                                      state.data_parallel_size)
-        model = GPTModel(GPTConfig(**self.hparams.gpt_config))
+        model = GPTModel(GPTConfig(**self.hparams.gpt_config))  # the same weights on every rank
+        # Dropout after that: pipeline stages hold different layers, so they draw different masks
+        # (Megatron's seed + 100 x pipeline rank).
+        torch.manual_seed(self.hparams.seed + 100 * state.pp_rank)
         self.engine = GPTEngine(model, state, EngineSettings(**(self.hparams.engine or {})), num_micro,
                                 self.trainer.strategy.root_device)
 

@@ -98,6 +98,7 @@ def pretrain(cfg: DictConfig) -> dict:
         max_steps=t.max_steps,
         gradient_clip_val=t.gradient_clip_val,
         engine=asdict(engine_settings(cfg)),
+        seed=cfg.seed,
     )
     data = GPTDataModule(m.data.data_prefix, parse_splits(m.data.splits_string), m.encoder_seq_length,
                          m.global_batch_size, t.max_steps, cfg.seed, m.data.num_workers)

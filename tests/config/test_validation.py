@@ -44,6 +44,12 @@ def refused(overrides):
     (["evaluation.generate.top_p=0"], "evaluation.generate.top_p=0.0 must be in (0, 1]"),
     (["evaluation.splits=[train]"], "evaluation.splits[]=train is not supported"),
     (["stages=[]"], "stages is empty"),
+    (["model.pipeline_model_parallel_size=2", "trainer.devices=2"],
+     "1F1B pipelining needs at least as many microbatches (1 = global batch / (micro x DP))"),
+    (["model.pipeline_model_parallel_size=2", "trainer.devices=2", "model.virtual_pipeline_model_parallel_size=2",
+      "model.pipeline_schedule=gpipe", "model.global_batch_size=32"], "runs interleaved 1F1B"),
+    (["model.pipeline_model_parallel_size=2", "trainer.devices=2", "model.pipeline_model_parallel_layer_split=[3,3]",
+      "model.global_batch_size=32"], "model.pipeline_model_parallel_layer_split=[3, 3] must list 2 stages"),
     (["model.tokenizer.model=null"], "model.tokenizer.model is empty"),
     (["model.position_embedding_type=rope", "model.hidden_size=12", "model.num_attention_heads=4",
       "model.ffn_hidden_size=48"], "needs an even head dimension"),
@@ -57,7 +63,7 @@ def test_valid_variants_pass():
                       "model.activation=swiglu", "model.bias=false",
                       "model.share_embeddings_and_output_weights=false"]))
     validate(compose(["model.tensor_model_parallel_size=2", "model.pipeline_model_parallel_size=2",
-                      "trainer.devices=8", "model.global_batch_size=32", "model.sequence_parallel=true"]))
+                      "trainer.devices=8", "model.global_batch_size=64", "model.sequence_parallel=true"]))
     validate(compose(["model.activations_checkpoint_granularity=full", "model.activations_checkpoint_method=uniform",
                       "model.activations_checkpoint_num_layers=2"]))
 
