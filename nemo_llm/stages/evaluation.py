@@ -13,6 +13,7 @@ from nemo_llm.config.validation import parse_splits
 from nemo_llm.data.gpt_dataset import build_gpt_datasets
 from nemo_llm.evaluation.perplexity import evaluate_perplexity
 from nemo_llm.inference import generate
+from nemo_llm.plan import Machine, uses_gpu
 from nemo_llm.stages.base import Stage
 from nemo_llm.tokenizers import build_tokenizer
 from nemo_llm.training.checkpoint import last_checkpoint_path, load_model_from_checkpoint
@@ -26,7 +27,7 @@ class EvaluationStage(Stage):
 
     def run(self, cfg: DictConfig) -> dict:
         e, m = cfg.evaluation, cfg.model
-        device = torch.device("cuda" if cfg.trainer.accelerator != "cpu" and torch.cuda.is_available() else "cpu")
+        device = torch.device("cuda" if uses_gpu(cfg, Machine.detect()) else "cpu")
         checkpoint = Path(e.checkpoint or last_checkpoint_path(cfg.run_dir))
         model, meta = load_model_from_checkpoint(checkpoint, map_location=device)
         result: dict = {"checkpoint": str(checkpoint), "step": meta["global_step"]}

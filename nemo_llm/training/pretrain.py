@@ -17,7 +17,7 @@ from nemo_llm.config.validation import parse_splits
 from nemo_llm.data.data_module import GPTDataModule
 from nemo_llm.models.gpt import gpt_config_from
 from nemo_llm.parallel.engine import EngineSettings
-from nemo_llm.plan import model_flops_per_iteration
+from nemo_llm.plan import Machine, model_flops_per_iteration, uses_gpu
 from nemo_llm.tokenizers import build_tokenizer
 from nemo_llm.training.callbacks import StepMetrics
 from nemo_llm.training.checkpoint import CHECKPOINT_DIR, last_checkpoint_path
@@ -30,7 +30,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], has_validation:
     run_dir = Path(cfg.run_dir)
     logger = TensorBoardLogger(str(run_dir), name="tensorboard", version="") if cfg.training.tensorboard else False
     m = cfg.model
-    on_gpu = t.accelerator == "gpu" or (t.accelerator == "auto" and torch.cuda.is_available())
+    on_gpu = uses_gpu(cfg, Machine.detect())
     strategy = MegatronStrategy(
         tensor_model_parallel_size=m.tensor_model_parallel_size,
         pipeline_model_parallel_size=m.pipeline_model_parallel_size,
@@ -105,7 +105,7 @@ def pretrain(cfg: DictConfig) -> dict:
     data.setup("fit")
 
     world_size = t.devices * t.num_nodes
-    device = torch.device("cuda" if t.accelerator != "cpu" and torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda" if uses_gpu(cfg, Machine.detect()) else "cpu")
     if device.type == "cuda" and str(t.precision) == "32":
         torch.set_float32_matmul_precision("high")  # TF32 tensor cores, the peak MFU is measured against
     metrics = StepMetrics(

@@ -40,8 +40,12 @@ LAYOUTS = {
     "tp2_pp2_dp2": ["trainer.devices=8", "model.tensor_model_parallel_size=2", "model.pipeline_model_parallel_size=2",
                     "model.sequence_parallel=true", "model.use_distributed_optimizer=true"],
 }
-# Variants of the model that change the reference too (untied output layer).
-REFERENCE_OVERRIDES = {"pp2_gpipe_untied": ["model.share_embeddings_and_output_weights=false"]}
+LLAMA = ["model.activation=swiglu", "model.position_embedding_type=rope", "model.normalization=rmsnorm",
+         "model.num_query_groups=2", "model.bias=false", "model.share_embeddings_and_output_weights=false"]
+LAYOUTS["tp2_pp2_llama_style"] = LAYOUTS["tp2_pp2"] + LLAMA
+# Variants of the model that change the reference too.
+REFERENCE_OVERRIDES = {"pp2_gpipe_untied": ["model.share_embeddings_and_output_weights=false"],
+                       "tp2_pp2_llama_style": LLAMA}
 
 
 def metrics(run_dir):
@@ -73,7 +77,7 @@ def references(prepared):
 
     def get(key: tuple[str, ...]):
         if key not in cache:
-            cache[key] = train(root, data, "reference" + "_".join(k.split("=")[0][-8:] for k in key), list(key))
+            cache[key] = train(root, data, f"reference{len(cache)}", list(key))
         return cache[key]
 
     return get
