@@ -219,7 +219,7 @@ class Plan:
         mem = self.memory
         vp = f" (virtual {self.virtual_pipeline})" if self.virtual_pipeline else ""
         rows = [
-            ("parameters", f"{_human(self.parameters)} ({self.parameters:,}; vocabulary {self.vocab_size} "
+            ("parameters", f"{human_count(self.parameters)} ({self.parameters:,}; vocabulary {self.vocab_size} "
                            f"padded to {self.padded_vocab_size})"),
             ("layout", f"TP {self.tensor_parallel} x PP {self.pipeline_parallel}{vp} x DP {self.data_parallel} "
                        f"= {self.world_size} device{'s' if self.world_size > 1 else ''} "
@@ -227,7 +227,7 @@ class Plan:
                        f"sequence parallel {'on' if self.sequence_parallel else 'off'}"),
             ("batch", f"micro {self.micro_batch_size} x DP {self.data_parallel} x {self.num_microbatches} "
                       f"microbatches = global {self.global_batch_size} sequences of {self.seq_length} tokens "
-                      f"({_human(self.global_batch_size * self.seq_length)} tokens/step)"),
+                      f"({human_count(self.global_batch_size * self.seq_length)} tokens/step)"),
             ("compute", f"precision {self.precision}, recompute {self.recompute}, "
                         f"{self.flops_per_iteration / 1e15:.4g} PFLOP per step"),
             ("memory/device", f"{mem.total / GiB:.2f} GiB = weights {mem.weights / GiB:.2f} + gradients "
@@ -238,7 +238,7 @@ class Plan:
         return "\n".join([f"Plan for {self.model_name}:"] + [f"  {k:<14} {v}" for k, v in rows])
 
 
-def _human(n: float) -> str:
+def human_count(n: float) -> str:
     for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= size:
             return f"{n / size:.3g}{unit}"
