@@ -17,15 +17,15 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel
 
 from nemo_llm.models.gpt.model import GPTModel, gpt_loss
-
-# DTensor advises flattening (dp, tp) for the gradient norm's two all-reduces; it is once per step.
-logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
 from nemo_llm.parallel.data_parallel import all_reduce_gradients, apply_fsdp, local
 from nemo_llm.parallel.loss_scaler import DynamicLossScaler
 from nemo_llm.parallel.pipeline_parallel import build_schedule, build_stage, stage_indices, stage_layer_counts
 from nemo_llm.parallel.recompute import apply_recompute
 from nemo_llm.parallel.state import ParallelState
 from nemo_llm.parallel.tensor_parallel import apply_tensor_parallel
+
+# DTensor advises flattening (dp, tp) for the gradient norm's two all-reduces; it is once per step.
+logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
 
 
 @dataclass
@@ -233,12 +233,6 @@ class GPTEngine(nn.Module):
         for param in self.parameters():
             if param is not skip:
                 yield param
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits of a single-stage model (evaluation and generation without pipelining)."""
-        if self.num_stages > 1:
-            raise RuntimeError("forward() of a pipelined model: use forward_backward() or evaluate per stage")
-        return self.parts[0](tokens)
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
