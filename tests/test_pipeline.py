@@ -127,3 +127,21 @@ def test_checkpoint_errors_are_clear(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     with pytest.raises(CheckpointError, match="not a nemo_llm GPT checkpoint"):
         load_model_from_checkpoint(tmp_path / "other.ckpt")
+
+
+@pytest.mark.slow
+def test_training_on_a_blend_of_two_prepared_corpora(small_overrides, tmp_path):
+    prefixes = []
+    for corpus in ("alpha", "beta"):
+        source = tmp_path / f"{corpus}.jsonl"
+        source.write_text("".join(json.dumps({"text": f"{corpus} document {i}: " + f"{corpus} " * 40}) + "\n"
+                                  for i in range(200)))
+        prepared = run_main([*small_overrides, "model.tokenizer.library=byte", f"data_preparation.input={source}",
+                             f"run_dir={tmp_path / corpus}", "stages=[data_preparation]"])
+        assert prepared.returncode == 0, prepared.stderr[-2000:]
+        prefixes.append(str(tmp_path / corpus / "data" / "corpus_text_document"))
+    result = run_main([*small_overrides, *FAST, "model.tokenizer.library=byte", "trainer.max_steps=10",
+                       f"model.data.data_prefix=[0.8,{prefixes[0]},0.2,{prefixes[1]}]", "stages=[training,evaluation]"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluation = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert evaluation["validation"]["tokens"] > 0

@@ -28,7 +28,9 @@ class TokenizerConfig:
 
 @dataclass
 class DataConfig:
-    data_prefix: Optional[str] = None  # path prefix of <prefix>.bin/.idx (Megatron indexed dataset)
+    # Path prefix of <prefix>.bin/.idx (Megatron indexed dataset), or a blend of several corpora in
+    # fixed proportions: [weight1, prefix1, weight2, prefix2, ...]
+    data_prefix: Any = None
     splits_string: str = "969,30,1"  # train, validation, test document ratios
     num_workers: int = 0
 

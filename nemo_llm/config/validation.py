@@ -6,8 +6,9 @@ unknown keys are already refused by the schema when Hydra composes the config.
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from nemo_llm.data.blending import DataPrefixError, parse_data_prefix
 from nemo_llm.errors import NemoLLMError
 
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
@@ -143,6 +144,11 @@ def validate_model(m: DictConfig) -> None:
              "there when it is missing), or use model.tokenizer.library=byte")
     _require(tok.vocab_size >= 2, f"model.tokenizer.vocab_size={tok.vocab_size} must be at least 2")
     parse_splits(m.data.splits_string)
+    prefix = m.data.data_prefix
+    try:
+        parse_data_prefix(OmegaConf.to_container(prefix) if OmegaConf.is_config(prefix) else prefix)
+    except DataPrefixError as e:
+        raise ConfigError(str(e)) from None
 
     opt = m.optim
     _one_of(opt.name, ("adamw",), "model.optim.name")

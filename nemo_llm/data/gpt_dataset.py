@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from nemo_llm.data.blending import BlendedDataset, parse_data_prefix, samples_needed
 from nemo_llm.data.indexed_dataset import IndexedDataset
 from nemo_llm.errors import NemoLLMError
 
@@ -82,18 +83,41 @@ class GPTDataset(Dataset):
         return {"tokens": sample[:-1], "labels": sample[1:]}
 
 
-def build_gpt_datasets(data_prefix: str, split_fractions: list[float], seq_length: int, seed: int,
-                       train_samples: int | None = None,
-                       splits: tuple[str, ...] = SPLIT_NAMES) -> dict[str, GPTDataset]:
-    """GPTDataset per requested split that has documents. Train gets train_samples samples (more
-    than one epoch when needed); validation and test one pass each."""
-    indexed = IndexedDataset(data_prefix)
+def _split_datasets(prefix: str, split_fractions: list[float], seq_length: int, seed: int,
+                    train_samples: int | None, splits: tuple[str, ...]) -> dict[str, GPTDataset]:
+    indexed = IndexedDataset(prefix)
     documents = split_documents(len(indexed), split_fractions)
     return {
         name: GPTDataset(indexed, documents[name], seq_length, train_samples if name == "train" else None, seed, name)
         for name in splits
         if name == "train" or len(documents[name])  # an empty train split fails loudly in GPTDataset
     }
+
+
+def build_gpt_datasets(data_prefix, split_fractions: list[float], seq_length: int, seed: int,
+                       train_samples: int | None = None, splits: tuple[str, ...] = SPLIT_NAMES) -> dict[str, Dataset]:
+    """A dataset per requested split that has documents. Train gets train_samples samples (more
+    than one epoch when needed); validation and test one pass each. data_prefix is one prefix or a
+    blend [w1, prefix1, w2, prefix2, ...] (see nemo_llm.data.blending)."""
+    blend = parse_data_prefix(data_prefix)
+    if len(blend) == 1:
+        return _split_datasets(blend[0][1], split_fractions, seq_length, seed, train_samples, splits)
+    weights = [w for w, _ in blend]
+    per_dataset_train = (samples_needed(weights, train_samples) if train_samples is not None
+                         else [None] * len(blend))
+    parts = [_split_datasets(prefix, split_fractions, seq_length, seed, n, splits)
+             for (_, prefix), n in zip(blend, per_dataset_train)]
+    result: dict[str, Dataset] = {}
+    for name in splits:
+        if not all(name in p for p in parts):
+            continue  # a held-out split that some corpus lacks is left out of the blend
+        members = [p[name] for p in parts]
+        if name == "train" and train_samples is not None:
+            size = train_samples
+        else:  # as many samples as the blend can take without repeating any corpus
+            size = min(int(len(ds) / w) for ds, w in zip(members, weights))
+        result[name] = BlendedDataset(members, weights, size)
+    return result
 
 
 class PretrainingBatchSampler:
