@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -43,21 +44,38 @@ def read_documents(files: Sequence[Path], json_key: str = "text") -> Iterator[st
         if path.suffix in (".jsonl", ".json"):
             yield from _read_jsonl(path, json_key)
         else:
-            yield path.read_text(encoding="utf-8", errors="replace")
+            yield "".join(_decoded_lines(path))
+
+
+def _decoded_lines(path: Path) -> Iterator[str]:
+    """The file's lines as text. Bytes that are not UTF-8 become U+FFFD, and the first such line is
+    reported (one warning per file) rather than stopping a run over a few bad bytes."""
+    first_bad = None
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError:
+                first_bad = first_bad or number
+                yield raw.decode("utf-8", errors="replace")
+    if first_bad is not None:
+        warnings.warn(f"{path}:{first_bad}: invalid UTF-8 (replaced by U+FFFD from this line on where it occurs)",
+                      stacklevel=2)
 
 
 def _read_jsonl(path: Path, json_key: str) -> Iterator[str]:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or json_key not in record:
-                raise InputError(f"{path}:{number}: no '{json_key}' field (set data_preparation.json_key)")
-            yield str(record[json_key])
+    for number, line in enumerate(_decoded_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict) or json_key not in record:
+            raise InputError(f"{path}:{number}: no '{json_key}' field (set data_preparation.json_key)")
+        if not isinstance(record[json_key], str):
+            raise InputError(f"{path}:{number}: '{json_key}' is {type(record[json_key]).__name__}, not text")
+        yield record[json_key]
 
 
 def write_indexed_dataset(documents: Iterator[str], tokenizer: Tokenizer, prefix: str | Path,

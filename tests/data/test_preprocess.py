@@ -58,3 +58,20 @@ def test_failed_preparation_leaves_no_complete_looking_files(tmp_path):
     with pytest.raises(InputError):
         write_indexed_dataset(documents(), ByteTokenizer(), tmp_path / "x")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_hostile_inputs(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    assert list(read_documents([empty])) == [""]
+    bad_utf8 = tmp_path / "latin1.txt"
+    bad_utf8.write_bytes("good line\n".encode() + "caf\xe9\n".encode("latin-1"))
+    with pytest.warns(UserWarning, match=r"latin1\.txt:2: invalid UTF-8"):
+        assert list(read_documents([bad_utf8])) == ["good line\ncaf\ufffd\n"]
+    long_line = tmp_path / "long.jsonl"
+    long_line.write_text(json.dumps({"text": "x" * 10_000_000}) + "\n")
+    assert [len(d) for d in read_documents([long_line])] == [10_000_000]
+    not_text = tmp_path / "number.jsonl"
+    not_text.write_text('{"text": 12}\n')
+    with pytest.raises(InputError, match=r"number\.jsonl:1: 'text' is int, not text"):
+        list(read_documents([not_text]))
