@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
-from nemo_llm.config.validation import data_parallel_size
+from nemo_llm.config.validation import data_parallel_size, microbatch_count
 from nemo_llm.models.gpt.model import pad_vocab_size
 
 GiB = 1024**3
@@ -154,7 +154,7 @@ def estimate_memory(cfg: DictConfig, vocab: int) -> MemoryEstimate:
     m = cfg.model
     pp, t = m.pipeline_model_parallel_size, m.tensor_model_parallel_size
     b, s = m.micro_batch_size, m.encoder_seq_length
-    num_micro = m.global_batch_size // (b * data_parallel_size(cfg))
+    num_micro = microbatch_count(m.global_batch_size, b, data_parallel_size(cfg))
     per_layer = activation_bytes_per_layer(m, b)
     layer_input = 2 * s * b * m.hidden_size / (t if m.sequence_parallel and t > 1 else 1)
     n = m.activations_checkpoint_num_layers
@@ -269,7 +269,7 @@ def build_plan(cfg: DictConfig, vocab_size: int | None = None) -> Plan:
         devices_per_node=cfg.trainer.devices,
         micro_batch_size=m.micro_batch_size,
         global_batch_size=m.global_batch_size,
-        num_microbatches=m.global_batch_size // (m.micro_batch_size * dp),
+        num_microbatches=microbatch_count(m.global_batch_size, m.micro_batch_size, dp),
         seq_length=m.encoder_seq_length,
         precision=str(cfg.trainer.precision),
         recompute=recompute,

@@ -68,6 +68,11 @@ def data_parallel_size(cfg: DictConfig) -> int:
     return world // (m.tensor_model_parallel_size * m.pipeline_model_parallel_size)
 
 
+def microbatch_count(global_batch_size: int, micro_batch_size: int, data_parallel_size: int) -> int:
+    """Microbatches each data-parallel rank runs per optimizer step."""
+    return global_batch_size // (micro_batch_size * data_parallel_size)
+
+
 def validate_model(m: DictConfig) -> None:
     _positive(m, "model", ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
                            "encoder_seq_length", "max_position_embeddings", "micro_batch_size",
@@ -182,7 +187,7 @@ def validate_trainer(cfg: DictConfig) -> None:
              f"model.global_batch_size={m.global_batch_size} is not divisible by model.micro_batch_size x "
              f"data parallel size = {m.micro_batch_size} x {dp}: pick a global batch that is a multiple of "
              f"{m.micro_batch_size * dp}")
-    num_micro = m.global_batch_size // (m.micro_batch_size * dp)
+    num_micro = microbatch_count(m.global_batch_size, m.micro_batch_size, dp)
     pp = m.pipeline_model_parallel_size
     if pp > 1 and m.pipeline_schedule == "1f1b":
         _require(num_micro >= pp,

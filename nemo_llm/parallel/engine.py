@@ -173,11 +173,9 @@ class GPTEngine(nn.Module):
         if not self.settings.use_distributed_optimizer:
             all_reduce_gradients(self.parameters(), state.dp_mesh.get_group())
         if state.embedding_group is not None and self.parts[0].config.share_embeddings_and_output_weights:
-            shared = []
-            if self.holds_first_stage:
-                shared.append(self.parts[0].embedding.word_embeddings.weight)
-            if self.holds_last_stage:
-                shared.append(self.parts[-1].output_layer.weight)
+            shared = [self.parts[0].embedding.word_embeddings.weight] if self.holds_first_stage else []
+            if self._tied_output_copy is not None:
+                shared.append(self._tied_output_copy)
             for param in shared:
                 if param.grad is None:
                     continue
@@ -225,11 +223,17 @@ class GPTEngine(nn.Module):
                         param.grad.mul_(coefficient)
         return total
 
+    @property
+    def _tied_output_copy(self) -> nn.Parameter | None:
+        """The last pipeline stage's copy of tied word embeddings (see build_stage), if this rank holds it."""
+        if (self.state.embedding_group is None or not self.holds_last_stage
+                or not self.parts[-1].config.share_embeddings_and_output_weights):
+            return None
+        return self.parts[-1].output_layer.weight
+
     def _unique_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters, leaving out the last stage's copy of tied embeddings (counted on the first stage)."""
-        skip = None
-        if self.holds_last_stage and not self.holds_first_stage and self.parts[-1].config.share_embeddings_and_output_weights:
-            skip = self.parts[-1].output_layer.weight
+        skip = self._tied_output_copy
         for param in self.parameters():
             if param is not skip:
                 yield param
@@ -239,8 +243,4 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
-def microbatch_count(global_batch_size: int, micro_batch_size: int, data_parallel_size: int) -> int:
-    return global_batch_size // (micro_batch_size * data_parallel_size)
-
-
-__all__ = ["EngineSettings", "GPTEngine", "microbatch_count", "parallelize_gpt"]
+__all__ = ["EngineSettings", "GPTEngine", "parallelize_gpt"]

@@ -13,7 +13,8 @@ import pytorch_lightning as pl
 import torch
 
 from nemo_llm.models.gpt import GPTConfig, GPTModel
-from nemo_llm.parallel.engine import EngineSettings, GPTEngine, microbatch_count
+from nemo_llm.config.validation import microbatch_count
+from nemo_llm.parallel.engine import EngineSettings, GPTEngine
 from nemo_llm.training.optim import build_optimizer, build_scheduler
 
 
