@@ -17,13 +17,26 @@ from omegaconf import MISSING
 @dataclass
 class TokenizerConfig:
     # sentencepiece: `model` is a .model file; data_preparation trains it on the corpus when missing.
+    # huggingface: a byte-level BPE (GPT-2) read with the `tokenizers` library, never trained here:
+    #   `model` is a tokenizer.json, or vocab_file + merge_file (which take precedence when set).
     # byte: UTF-8 bytes plus end-of-document, needs no file (the fallback when nothing is trained).
     library: str = "sentencepiece"
     model: Optional[str] = None
-    vocab_size: int = 4096  # sentencepiece: size to train; byte: fixed at 257 (256 bytes + EOD)
+    vocab_file: Optional[str] = None  # huggingface: GPT-2 vocab.json, as Megatron's --vocab-file
+    merge_file: Optional[str] = None  # huggingface: GPT-2 merges.txt, as Megatron's --merge-file
+    # The token data preparation appends to every document; it must be in the vocabulary.
+    # null: <|endoftext|> for huggingface, <eod> (else the model's EOS) for sentencepiece; byte has id 256.
+    eod_token: Optional[str] = None
+    # sentencepiece: size to train; byte: fixed at 257; huggingface: the files decide, but the printed
+    # plan counts parameters with this value, so set it to match
+    vocab_size: int = 4096
     model_type: str = "bpe"  # sentencepiece training: bpe | unigram
     input_sentence_size: int = 1_000_000  # sentences sampled from the corpus for training
     character_coverage: float = 0.9995
+    # sentencepiece training: characters outside the vocabulary become UTF-8 byte pieces, not <unk>
+    byte_fallback: bool = True
+    # sentencepiece training: special tokens that are always one piece, ids right after <eod>
+    user_defined_symbols: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -33,6 +46,8 @@ class DataConfig:
     data_prefix: Any = None
     splits_string: str = "969,30,1"  # train, validation, test document ratios
     num_workers: int = 0
+    # where the GPT sample indices (.npy) are cached; null: next to each corpus's .bin/.idx
+    index_mapping_dir: Optional[str] = None
 
 
 @dataclass
@@ -114,12 +129,42 @@ class TrainerConfig:
 
 
 @dataclass
+class HFDatasetConfig:
+    # datasets.load_dataset(path, name, split=..., data_files=..., streaming=...): a hub name, a local
+    # folder of data files or a loading script; a folder written by save_to_disk is loaded from disk
+    path: Optional[str] = None
+    name: Optional[str] = None
+    split: str = "train"
+    data_files: Any = None
+    streaming: bool = False  # read without a local copy; each of its shards becomes one work shard
+    cache_dir: Optional[str] = None  # null: the datasets library's default cache
+
+
+@dataclass
+class DownloadConfig:
+    # Files fetched before preprocessing (http(s):// or file://), resumable; skipped when present
+    urls: List[str] = field(default_factory=list)
+    url_template: Optional[str] = None  # e.g. https://host/train/{file:02d}.jsonl.zst, one URL per file number
+    file_numbers: Optional[str] = None  # "0-29" or "0,3,5-7"
+    dir: str = "${data_preparation.output_dir}/raw"
+    extract: bool = True  # decompress .zst/.gz downloads next to themselves
+
+
+@dataclass
 class DataPreparationConfig:
-    input: Any = None  # path, glob or list of them (.txt, .jsonl); null: the embedded corpus
-    json_key: str = "text"  # field of each .jsonl line that holds the document
+    # path, glob, directory or list of them: .jsonl/.json (one document per line), .parquet (one per
+    # row), anything else one document per file; each may be .gz or .zst compressed.
+    # null and no hf_dataset.path: the embedded corpus
+    input: Any = None
+    hf_dataset: HFDatasetConfig = field(default_factory=HFDatasetConfig)
+    json_key: str = "text"  # jsonl field, parquet column or HF dataset column that holds the document
+    download: DownloadConfig = field(default_factory=DownloadConfig)
     output_dir: str = "${run_dir}/data"
     output_prefix: str = "corpus"  # writes <output_dir>/<output_prefix>_text_document.{bin,idx}
     append_eod: bool = True
+    workers: int = 1  # tokenizer processes
+    # documents per shard (the unit of work and of resume); null: one shard per input file
+    shard_documents: Optional[int] = None
 
 
 @dataclass

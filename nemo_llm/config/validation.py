@@ -18,7 +18,7 @@ ACTIVATIONS = ("gelu", "swiglu")
 POSITION_EMBEDDINGS = ("learned_absolute", "rope")
 RECOMPUTE_GRANULARITIES = (None, "selective", "full")
 RECOMPUTE_METHODS = ("uniform", "block")
-TOKENIZER_LIBRARIES = ("sentencepiece", "byte")
+TOKENIZER_LIBRARIES = ("sentencepiece", "huggingface", "byte")
 SENTENCEPIECE_MODEL_TYPES = ("bpe", "unigram")
 GENERATE_STRATEGIES = ("greedy", "top_k", "top_p")
 EVAL_SPLITS = ("validation", "test")
@@ -141,13 +141,7 @@ def validate_model(m: DictConfig) -> None:
                  "model.activations_checkpoint_method and activations_checkpoint_num_layers apply only to "
                  "activations_checkpoint_granularity=full: set them to null")
 
-    tok = m.tokenizer
-    _one_of(tok.library, TOKENIZER_LIBRARIES, "model.tokenizer.library")
-    _one_of(tok.model_type, SENTENCEPIECE_MODEL_TYPES, "model.tokenizer.model_type")
-    _require(tok.library != "sentencepiece" or tok.model,
-             "model.tokenizer.model is empty: name the sentencepiece .model file (data_preparation trains one "
-             "there when it is missing), or use model.tokenizer.library=byte")
-    _require(tok.vocab_size >= 2, f"model.tokenizer.vocab_size={tok.vocab_size} must be at least 2")
+    validate_tokenizer(m.tokenizer)
     parse_splits(m.data.splits_string)
     prefix = m.data.data_prefix
     try:
@@ -165,6 +159,37 @@ def validate_model(m: DictConfig) -> None:
              f"model.optim.betas={list(opt.betas)} must be two numbers in [0, 1)")
     _require(opt.sched.warmup_steps >= 0 and opt.sched.constant_steps >= 0,
              "model.optim.sched.warmup_steps and constant_steps must be >= 0")
+
+
+def validate_tokenizer(tok: DictConfig) -> None:
+    """Rules on model.tokenizer that need no file; whether the files exist is checked when it is built."""
+    _one_of(tok.library, TOKENIZER_LIBRARIES, "model.tokenizer.library")
+    _one_of(tok.model_type, SENTENCEPIECE_MODEL_TYPES, "model.tokenizer.model_type")
+    _require(tok.library != "sentencepiece" or tok.model,
+             "model.tokenizer.model is empty: name the sentencepiece .model file (data_preparation trains one "
+             "there when it is missing), or use model.tokenizer.library=byte")
+    _require(tok.vocab_size >= 2, f"model.tokenizer.vocab_size={tok.vocab_size} must be at least 2")
+    # Keys another library would silently ignore are refused: the run would not use what was asked for.
+    _require(tok.library == "huggingface" or not (tok.vocab_file or tok.merge_file),
+             "model.tokenizer.vocab_file and merge_file are read only with model.tokenizer.library=huggingface: "
+             "set the library, or set them to null")
+    _require(bool(tok.vocab_file) == bool(tok.merge_file),
+             "model.tokenizer.vocab_file and model.tokenizer.merge_file go together: set both (GPT-2 vocab.json "
+             "and merges.txt), or neither and point model.tokenizer.model at a tokenizer.json")
+    _require(tok.library != "huggingface" or tok.model or tok.vocab_file,
+             "model.tokenizer.library=huggingface needs model.tokenizer.model (a tokenizer.json) or "
+             "model.tokenizer.vocab_file and merge_file (GPT-2 vocab.json and merges.txt)")
+    _require(tok.eod_token is None or tok.library != "byte",
+             f"model.tokenizer.eod_token={tok.eod_token} does not apply to model.tokenizer.library=byte, whose "
+             "end-of-document is always id 256: set it to null")
+    _require(tok.eod_token != "", "model.tokenizer.eod_token is empty: name the end-of-document token, or set it "
+                                  "to null for the library's default")
+    symbols = list(tok.user_defined_symbols)
+    _require(not symbols or tok.library == "sentencepiece",
+             "model.tokenizer.user_defined_symbols apply to sentencepiece training only: set "
+             "model.tokenizer.library=sentencepiece, or set them to []")
+    _require(all(symbols) and len(set(symbols)) == len(symbols),
+             f"model.tokenizer.user_defined_symbols={symbols} must be distinct non-empty strings")
 
 
 def validate_trainer(cfg: DictConfig) -> None:
@@ -211,9 +236,20 @@ def validate_evaluation(e: DictConfig) -> None:
     _require(0 < g.top_p <= 1, f"evaluation.generate.top_p={g.top_p} must be in (0, 1]")
 
 
+def validate_data_preparation(d: DictConfig) -> None:
+    _require(d.workers >= 1, f"data_preparation.workers={d.workers} must be at least 1")
+    _require(d.shard_documents is None or d.shard_documents >= 1,
+             f"data_preparation.shard_documents={d.shard_documents} must be null (one shard per input file) or >= 1")
+    _require(bool(d.json_key), "data_preparation.json_key is empty: name the field that holds each document's text")
+    _require(not (d.hf_dataset.streaming and d.shard_documents),
+             "data_preparation.shard_documents needs an indexable dataset: set it to null with "
+             "data_preparation.hf_dataset.streaming=true (each stream shard is one work shard)")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first key that makes cfg impossible to run."""
     _require(len(cfg.stages) > 0, "stages is empty: list at least one stage, e.g. stages=[training]")
     validate_model(cfg.model)
     validate_trainer(cfg)
     validate_evaluation(cfg.evaluation)
+    validate_data_preparation(cfg.data_preparation)

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from nemo_llm.data.gpt_dataset import GPTDataset, PretrainingBatchSampler, build_gpt_datasets
+from nemo_llm.data.gpt_dataset import PretrainingBatchSampler, available_splits, build_gpt_datasets
+
+FIT_SPLITS = ("train", "validation")
 
 
 class GPTDataModule(pl.LightningDataModule):
     """Every batch is this data-parallel rank's share of a global batch (tensor and pipeline peers
     read the same share). Train batches, as many as trainer.max_steps needs, start after the
-    module's consumed_samples; validation goes once over its split in global batches."""
+    module's consumed_samples; validation goes once over its split in global batches.
 
-    def __init__(self, data_prefix: str, split_fractions: list[float], seq_length: int, global_batch_size: int,
-                 max_steps: int, seed: int, num_workers: int = 0):
+    The datasets are built in setup(), which Lightning calls once the process group exists, so
+    rank 0 builds the cached sample indices while the other ranks wait for them.
+    """
+
+    def __init__(self, data_prefix, split_fractions: list[float], seq_length: int, global_batch_size: int,
+                 max_steps: int, seed: int, num_workers: int = 0, index_mapping_dir: str | None = None):
         super().__init__()
         self.data_prefix = data_prefix
         self.split_fractions = split_fractions
@@ -24,14 +30,20 @@ class GPTDataModule(pl.LightningDataModule):
         self.max_steps = max_steps
         self.seed = seed
         self.num_workers = num_workers
-        self.datasets: dict[str, GPTDataset] = {}
+        self.index_mapping_dir = index_mapping_dir
+        self.datasets: dict[str, Dataset] = {}
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether the validation split has documents; known before the datasets are built."""
+        return "validation" in available_splits(self.data_prefix, self.split_fractions, FIT_SPLITS)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         self.datasets = build_gpt_datasets(self.data_prefix, self.split_fractions, self.seq_length, self.seed,
                                            train_samples=self.max_steps * self.global_batch_size,
-                                           splits=("train", "validation"))
+                                           splits=FIT_SPLITS, index_mapping_dir=self.index_mapping_dir)
 
     def _loader(self, split: str, consumed_samples: int) -> DataLoader:
         state = self.trainer.strategy.parallel_state

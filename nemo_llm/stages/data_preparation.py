@@ -1,4 +1,5 @@
-"""Stage data_preparation: inputs -> (trained) tokenizer -> <output_dir>/<prefix>_text_document.{bin,idx}."""
+"""Stage data_preparation: (download -> extract ->) sources -> (trained) tokenizer -> sharded,
+parallel tokenization -> <output_dir>/<output_prefix>_text_document.{bin,idx}."""
 
 from __future__ import annotations
 
@@ -6,9 +7,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from nemo_llm.data.preprocess import read_documents, resolve_inputs, write_indexed_dataset
+from nemo_llm.data.download import expand_urls, fetch_all
+from nemo_llm.data.preprocess import preprocess
+from nemo_llm.data.sources import build_sources, read_documents
 from nemo_llm.stages.base import Stage
 from nemo_llm.tokenizers import build_tokenizer, train_sentencepiece
+
+
+def _plain(node):
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 class DataPreparationStage(Stage):
@@ -16,18 +23,25 @@ class DataPreparationStage(Stage):
 
     def run(self, cfg: DictConfig) -> dict:
         d, tok = cfg.data_preparation, cfg.model.tokenizer
-        inputs = OmegaConf.to_container(d.input, resolve=True) if OmegaConf.is_config(d.input) else d.input
-        files = resolve_inputs(inputs)
-        source = f"{len(files)} file(s)" if files else "the embedded corpus"
+        urls = expand_urls(list(d.download.urls), d.download.url_template, d.download.file_numbers)
+        if urls:
+            print(f"fetching {len(urls)} file(s) into {d.download.dir}", flush=True)
+            fetch_all(urls, d.download.dir, d.download.extract, workers=max(d.workers, 4))
+        sources = build_sources(_plain(d.input), d.json_key, _plain(d.hf_dataset))
         trained = False
         if tok.library == "sentencepiece" and not Path(tok.model).is_file():
-            print(f"training a {tok.vocab_size}-token sentencepiece {tok.model_type} model on {source}", flush=True)
-            train_sentencepiece(read_documents(files, d.json_key), tok.model, tok.vocab_size, tok.model_type,
-                                tok.input_sentence_size, tok.character_coverage, seed=cfg.seed)
+            print(f"training a {tok.vocab_size}-token sentencepiece {tok.model_type} model on "
+                  f"{len(sources)} source(s)", flush=True)
+            train_sentencepiece(read_documents(sources), tok.model, tok.vocab_size, tok.model_type,
+                                tok.input_sentence_size, tok.character_coverage, seed=cfg.seed,
+                                byte_fallback=tok.byte_fallback, user_defined_symbols=list(tok.user_defined_symbols))
             trained = True
-        tokenizer = build_tokenizer(tok.library, tok.model)
+        tokenizer_cfg = _plain(tok)
+        vocab_size = build_tokenizer(tokenizer_cfg).vocab_size  # fails here, before any work, if unusable
         prefix = Path(d.output_dir) / f"{d.output_prefix}_text_document"
-        counts = write_indexed_dataset(read_documents(files, d.json_key), tokenizer, prefix, d.append_eod)
-        print(f"wrote {counts['documents']} documents, {counts['tokens']} tokens to {prefix}.bin/.idx", flush=True)
-        return {"data_prefix": str(prefix), "tokenizer": tok.model if tok.library == "sentencepiece" else "byte",
-                "tokenizer_trained": trained, "vocab_size": tokenizer.vocab_size, **counts}
+        counts = preprocess(sources, tokenizer_cfg, prefix, d.append_eod, d.workers, d.shard_documents,
+                            log=lambda line: print(line, flush=True))
+        print(f"{prefix}.bin/.idx: {counts['documents']} documents, {counts['tokens']} tokens "
+              f"from {counts['shards']} shard(s)", flush=True)
+        return {"data_prefix": str(prefix), "tokenizer": "byte" if tok.library == "byte" else tok.vocab_file or tok.model,
+                "tokenizer_trained": trained, "vocab_size": vocab_size, **counts}

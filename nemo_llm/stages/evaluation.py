@@ -33,7 +33,7 @@ class EvaluationStage(Stage):
         result: dict = {"checkpoint": str(checkpoint), "step": meta["global_step"]}
 
         datasets = build_gpt_datasets(m.data.data_prefix, parse_splits(m.data.splits_string), m.encoder_seq_length,
-                                      cfg.seed, splits=tuple(e.splits))
+                                      cfg.seed, splits=tuple(e.splits), index_mapping_dir=m.data.index_mapping_dir)
         for split in e.splits:
             if split not in datasets:
                 result[split] = None  # the split has no documents (model.data.splits_string)
@@ -44,7 +44,7 @@ class EvaluationStage(Stage):
                   f"over {result[split]['tokens']} tokens", flush=True)
 
         g = e.generate
-        tokenizer = build_tokenizer(m.tokenizer.library, m.tokenizer.model)
+        tokenizer = build_tokenizer(m.tokenizer)
         prompt = torch.tensor([tokenizer.encode(g.prompt)], dtype=torch.long, device=device)
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
         ids = generate(model, prompt, g.max_new_tokens, model.config.max_position_embeddings, g.strategy,

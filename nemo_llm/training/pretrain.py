@@ -87,7 +87,7 @@ def pretrain(cfg: DictConfig) -> dict:
     warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
     m, t = cfg.model, cfg.trainer
     run_dir = Path(cfg.run_dir)
-    tokenizer = build_tokenizer(m.tokenizer.library, m.tokenizer.model)
+    tokenizer = build_tokenizer(m.tokenizer)
     gpt_config = gpt_config_from(m, tokenizer.vocab_size)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     module = GPTPretrainModule(
@@ -101,8 +101,7 @@ def pretrain(cfg: DictConfig) -> dict:
         seed=cfg.seed,
     )
     data = GPTDataModule(m.data.data_prefix, parse_splits(m.data.splits_string), m.encoder_seq_length,
-                         m.global_batch_size, t.max_steps, cfg.seed, m.data.num_workers)
-    data.setup("fit")
+                         m.global_batch_size, t.max_steps, cfg.seed, m.data.num_workers, m.data.index_mapping_dir)
 
     world_size = t.devices * t.num_nodes
     device = torch.device("cuda" if uses_gpu(cfg, Machine.detect()) else "cpu")
@@ -125,7 +124,7 @@ def pretrain(cfg: DictConfig) -> dict:
         ModelCheckpoint(dirpath=checkpoint_dir, filename="step{step}", auto_insert_metric_name=False,
                         every_n_train_steps=ckpt.every_n_train_steps, save_top_k=1, save_last=True),
     ]
-    has_validation = "validation" in data.datasets
+    has_validation = data.has_validation
     if has_validation and ckpt.save_top_k > 0:
         callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, filename="best-step{step}-val_loss{val_loss:.4f}",
                                          auto_insert_metric_name=False, monitor="val_loss", mode="min",

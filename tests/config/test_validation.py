@@ -36,7 +36,20 @@ def refused(overrides):
     (["model.hidden_dropout=1.0"], "model.hidden_dropout=1.0 must be in [0, 1)"),
     (["model.data.splits_string=abc"], "model.data.splits_string='abc' must be three non-negative weights"),
     (["model.data.splits_string='0,50,50'"], "must be three non-negative weights"),
-    (["model.tokenizer.library=tiktoken"], "model.tokenizer.library=tiktoken is not supported"),
+    (["model.tokenizer.library=tiktoken"], "model.tokenizer.library=tiktoken is not supported: use one of "
+                                           "sentencepiece, huggingface, byte"),
+    (["model.tokenizer.vocab_file=v.json", "model.tokenizer.merge_file=m.txt"],
+     "model.tokenizer.vocab_file and merge_file are read only with model.tokenizer.library=huggingface"),
+    (["model.tokenizer.library=huggingface", "model.tokenizer.vocab_file=v.json"],
+     "model.tokenizer.vocab_file and model.tokenizer.merge_file go together"),
+    (["model.tokenizer.library=huggingface", "model.tokenizer.model=null"],
+     "model.tokenizer.library=huggingface needs model.tokenizer.model"),
+    (["model.tokenizer.library=byte", "model.tokenizer.eod_token=x"],
+     "model.tokenizer.eod_token=x does not apply to model.tokenizer.library=byte"),
+    (["model.tokenizer.eod_token=''"], "model.tokenizer.eod_token is empty"),
+    (["model.tokenizer.library=huggingface", "model.tokenizer.user_defined_symbols=[a]"],
+     "model.tokenizer.user_defined_symbols apply to sentencepiece training only"),
+    (["model.tokenizer.user_defined_symbols=[a,a]"], "model.tokenizer.user_defined_symbols=['a', 'a'] must be distinct"),
     (["model.optim.sched.min_lr=1.0"], "model.optim.sched.min_lr=1.0 must be between 0 and model.optim.lr"),
     (["model.optim.sched.warmup_steps=1000"], "exceeds trainer.max_steps=300"),
     (["trainer.max_steps=0"], "trainer.max_steps=0 must be a positive integer"),
@@ -51,6 +64,10 @@ def refused(overrides):
     (["model.pipeline_model_parallel_size=2", "trainer.devices=2", "model.pipeline_model_parallel_layer_split=[3,3]",
       "model.global_batch_size=32"], "model.pipeline_model_parallel_layer_split=[3, 3] must list 2 stages"),
     (["model.tokenizer.model=null"], "model.tokenizer.model is empty"),
+    (["data_preparation.workers=0"], "data_preparation.workers=0 must be at least 1"),
+    (["data_preparation.shard_documents=0"], "data_preparation.shard_documents=0 must be null"),
+    (["data_preparation.hf_dataset.path=x", "data_preparation.hf_dataset.streaming=true",
+      "data_preparation.shard_documents=10"], "data_preparation.shard_documents needs an indexable dataset"),
     (["model.position_embedding_type=rope", "model.hidden_size=12", "model.num_attention_heads=4",
       "model.ffn_hidden_size=48"], "needs an even head dimension"),
 ])
@@ -66,6 +83,9 @@ def test_valid_variants_pass():
                       "trainer.devices=8", "model.global_batch_size=64", "model.sequence_parallel=true"]))
     validate(compose(["model.activations_checkpoint_granularity=full", "model.activations_checkpoint_method=uniform",
                       "model.activations_checkpoint_num_layers=2"]))
+    validate(compose(["model.tokenizer.library=huggingface", "model.tokenizer.vocab_file=v.json",
+                      "model.tokenizer.merge_file=m.txt", "model.tokenizer.eod_token=x"]))
+    validate(compose(["model.tokenizer.user_defined_symbols=[a,b]", "model.tokenizer.byte_fallback=false"]))
 
 
 def test_parse_splits():
