@@ -80,7 +80,7 @@ def test_own_jsonl_data_with_byte_tokenizer(small_overrides, tmp_path):
                        "data_preparation.json_key=body", "trainer.max_steps=10", "stages=[data_preparation,training]"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "vocabulary 257 padded to 320" in result.stdout
-    assert "wrote 300 documents" in result.stdout
+    assert "corpus_text_document.bin/.idx: 300 documents" in result.stdout
     assert not (tmp_path / "run" / "eval.json").exists()
 
 

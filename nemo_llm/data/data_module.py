@@ -6,7 +6,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from nemo_llm.data.gpt_dataset import PretrainingBatchSampler, available_splits, build_gpt_datasets
+from nemo_llm.data.gpt_dataset import PretrainingBatchSampler, available_splits, build_gpt_datasets, collate_samples
 
 FIT_SPLITS = ("train", "validation")
 
@@ -50,7 +50,7 @@ class GPTDataModule(pl.LightningDataModule):
         sampler = PretrainingBatchSampler(len(self.datasets[split]), consumed_samples, self.global_batch_size,
                                           state.dp_rank, state.data_parallel_size)
         return DataLoader(self.datasets[split], batch_sampler=sampler, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available())
+                          collate_fn=collate_samples, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.trainer.lightning_module.consumed_samples)

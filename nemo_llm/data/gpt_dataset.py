@@ -98,7 +98,8 @@ def cached_indices(cache_prefix: Path, build) -> dict[str, np.ndarray]:
 
 
 class GPTDataset(Dataset):
-    """dataset[i] -> {"tokens": [s] int64, "labels": [s] int64} (labels: tokens shifted by one).
+    """dataset[i] -> {"tokens": [s], "labels": [s]} int64 arrays (labels: tokens shifted by one);
+    collate_samples batches them into tensors.
 
     num_samples None means one pass over the split. index_dir None keeps the indices in memory
     only; otherwise they are cached there, named after the dataset, split and everything that
@@ -149,19 +150,27 @@ class GPTDataset(Dataset):
     def __len__(self) -> int:
         return len(self.shuffle_idx)
 
-    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
-        # The hot path of data loading: plain Python ints and one int64 copy per sample.
+    def __getitem__(self, idx: int) -> dict[str, np.ndarray]:
+        # The hot path of data loading: Python ints and slices of the token map, one int64 copy,
+        # and no tensor per sample (collate_samples makes one per batch; Megatron returns numpy too).
         i = int(self.shuffle_idx[idx])
         (first, offset), (last, end_offset) = self.sample_idx[i:i + 2].tolist()
-        get, doc_idx = self.indexed.get, self.doc_idx
-        if first == last:
-            sample = get(int(doc_idx[first]), offset, end_offset - offset + 1).astype(np.int64)
-        else:
-            pieces = [get(int(doc_idx[first]), offset)]
-            pieces.extend(get(int(d)) for d in doc_idx[first + 1:last])
-            pieces.append(get(int(doc_idx[last]), 0, end_offset + 1))
-            sample = np.concatenate(pieces, dtype=np.int64)
-        return {"tokens": torch.from_numpy(sample[:-1]), "labels": torch.from_numpy(sample[1:])}
+        indexed = self.indexed
+        tokens, pointers, itemsize = indexed.tokens, indexed.pointers, indexed.dtype.itemsize
+        pieces = []
+        for position in range(first, last + 1):
+            document = int(self.doc_idx[position])
+            start = int(pointers[document]) // itemsize
+            begin = start + offset if position == first else start
+            end = start + end_offset + 1 if position == last else start + int(indexed.sizes[document])
+            pieces.append(tokens[begin:end])
+        sample = np.concatenate(pieces, dtype=np.int64)
+        return {"tokens": sample[:-1], "labels": sample[1:]}
+
+
+def collate_samples(samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """A batch of samples -> {"tokens": [b, s], "labels": [b, s]} int64 tensors."""
+    return {key: torch.from_numpy(np.stack([sample[key] for sample in samples])) for key in samples[0]}
 
 
 def available_splits(data_prefix, split_fractions: list[float], splits: tuple[str, ...] = SPLIT_NAMES) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -200,8 +201,11 @@ def _run_shards(sources: Sequence[Source], todo: list[tuple[Shard, Path]], token
         for shard, prefix in todo:
             report(shard, _tokenize_shard(sources, shard, tokenizer_cfg, prefix, append_eod))
         return
-    # spawn: workers must not inherit the parent's threads (torch, tokenizers) through fork.
-    context = multiprocessing.get_context("spawn")
+    # fork on Linux: spawn and forkserver children re-import the parent's main module, which for
+    # main.py means torch, about 2 s per worker. Workers use no torch and no threads inherited
+    # from the parent (HF tokenizers turns its own pool off in a forked child that needs it).
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    context = multiprocessing.get_context(method)
     with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
                              initializer=_single_threaded) as pool:
         futures = {pool.submit(_tokenize_shard, sources, shard, tokenizer_cfg, prefix, append_eod): shard

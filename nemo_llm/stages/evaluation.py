@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from nemo_llm.config.validation import parse_splits
-from nemo_llm.data.gpt_dataset import build_gpt_datasets
+from nemo_llm.data.gpt_dataset import build_gpt_datasets, collate_samples
 from nemo_llm.evaluation.perplexity import evaluate_perplexity
 from nemo_llm.inference import generate
 from nemo_llm.plan import Machine, uses_gpu
@@ -38,7 +38,8 @@ class EvaluationStage(Stage):
             if split not in datasets:
                 result[split] = None  # the split has no documents (model.data.splits_string)
                 continue
-            loader = DataLoader(datasets[split], batch_size=m.micro_batch_size, drop_last=False)
+            loader = DataLoader(datasets[split], batch_size=m.micro_batch_size, drop_last=False,
+                                collate_fn=collate_samples)
             result[split] = evaluate_perplexity(model, loader, e.max_batches, device)
             print(f"{split}: loss {result[split]['loss']:.4f} perplexity {result[split]['perplexity']:.2f} "
                   f"over {result[split]['tokens']} tokens", flush=True)

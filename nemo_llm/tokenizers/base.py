@@ -41,7 +41,8 @@ class Tokenizer(ABC):
     def decode(self, ids: list[int]) -> str: ...
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """encode() of each text; libraries with a native batch call override this for throughput."""
+        """encode() of each text, on one thread: data preparation runs one worker process per core.
+        (The tokenizers library's own batch call is slower than this loop when held to one thread.)"""
         return [self.encode(text) for text in texts]
 
 

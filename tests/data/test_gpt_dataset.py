@@ -47,8 +47,8 @@ def test_deterministic_from_the_seed(indexed):
     a = GPTDataset(indexed, docs, 16, 100, seed=7)
     b = GPTDataset(indexed, docs, 16, 100, seed=7)
     c = GPTDataset(indexed, docs, 16, 100, seed=8)
-    assert all(a[i]["tokens"].equal(b[i]["tokens"]) for i in range(100))
-    assert not all(a[i]["tokens"].equal(c[i]["tokens"]) for i in range(10))
+    assert all(np.array_equal(a[i]["tokens"], b[i]["tokens"]) for i in range(100))
+    assert not all(np.array_equal(a[i]["tokens"], c[i]["tokens"]) for i in range(10))
 
 
 def test_too_small_split_is_a_clear_error(indexed):
@@ -90,7 +90,7 @@ def test_indices_are_cached_on_disk_and_reused(indexed, tmp_path, monkeypatch):
 
     monkeypatch.setattr("nemo_llm.data.gpt_dataset.build_indices", must_not_build)
     again = GPTDataset(indexed, docs, 16, 100, seed=7, index_dir=tmp_path / "cache")
-    assert all(first[i]["tokens"].equal(again[i]["tokens"]) for i in range(100))
+    assert all(np.array_equal(first[i]["tokens"], again[i]["tokens"]) for i in range(100))
 
 
 def test_cache_is_not_reused_for_other_documents_or_rewritten_data(indexed, tmp_path):
@@ -130,7 +130,7 @@ def _build_on_rank(rank: int, world: int, prefix: str, cache: str, log: str, por
 
     gd.build_indices = logged
     ds = gd.GPTDataset(IndexedDataset(prefix), np.arange(50), 16, 200, seed=5, index_dir=cache)
-    np.save(f"{log}.{rank}.npy", np.stack([ds[i]["tokens"].numpy() for i in range(200)]))
+    np.save(f"{log}.{rank}.npy", np.stack([ds[i]["tokens"] for i in range(200)]))
     dist.destroy_process_group()
 
 
@@ -160,3 +160,14 @@ def test_resume_at_another_data_parallel_size_reads_the_next_unseen_samples(inde
     ranks = [list(PretrainingBatchSampler(96, 32, 16, data_parallel_rank=r, data_parallel_size=4)) for r in range(4)]
     after = [sample for step in range(len(ranks[0])) for r in range(4) for sample in read([ranks[r][step]])]
     assert before + after == uninterrupted
+
+
+def test_collate_samples_makes_one_int64_tensor_per_key(indexed):
+    import torch
+
+    from nemo_llm.data.gpt_dataset import collate_samples
+
+    ds = GPTDataset(indexed, np.arange(len(indexed)), 16, 20, seed=0)
+    batch = collate_samples([ds[i] for i in range(4)])
+    assert batch["tokens"].shape == batch["labels"].shape == (4, 16) and batch["tokens"].dtype == torch.int64
+    assert batch["tokens"][2].tolist() == ds[2]["tokens"].tolist()
