@@ -18,6 +18,7 @@ setup(
         "omegaconf>=2.3",
         "sentencepiece>=0.2",
         "tokenizers>=0.19",
+        "safetensors>=0.4",
         "zstandard>=0.22",
         "pyarrow>=15",
         "datasets>=2.19",
@@ -25,7 +26,9 @@ setup(
         "tensorboard>=2.15",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "transformers>=4.40"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5", "transformers>=4.40"],
+        # Only to load exported models in transformers; import, export and nemo_llm.load work without it.
+        "hf": ["transformers>=4.40"],
     },
 )

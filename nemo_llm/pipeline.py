@@ -9,11 +9,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from nemo_llm.config import ConfigError, validate
-from nemo_llm.errors import NemoLLMError
+from nemo_llm.errors import NemoLLMError, Preempted
 from nemo_llm.plan import Machine, build_plan, check_resources
 from nemo_llm.stages import STAGES
 
 EXIT_OK, EXIT_UNFIT, EXIT_CONFIG = 0, 1, 2
+EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: stopped on a signal after a checkpoint; requeue with resume=auto
 
 
 def fail(message: str, code: int) -> int:
@@ -23,8 +24,8 @@ def fail(message: str, code: int) -> int:
 
 def run_pipeline(cfg: DictConfig, machine: Machine | None = None) -> int:
     """Run cfg.stages; returns the process exit code: 0 ok, 1 the machine cannot run the layout, 2 a bad
-    config or bad input (data, checkpoint) found by a check or a stage. Nothing is written before
-    every check has passed."""
+    config or bad input (data, checkpoint) found by a check or a stage, 75 preempted (a checkpoint
+    was saved; run again with resume=auto). Nothing is written before every check has passed."""
     try:
         unknown = [name for name in cfg.stages if name not in STAGES]
         if unknown:
@@ -58,6 +59,8 @@ def run_pipeline(cfg: DictConfig, machine: Machine | None = None) -> int:
         print(f"=== stage {stage.name}", flush=True)
         try:
             summaries[stage.name] = stage.run(cfg)
+        except Preempted as e:
+            return fail(f"stage {stage.name}: {e}", EXIT_PREEMPTED)
         except NemoLLMError as e:
             return fail(f"stage {stage.name}: {e}", EXIT_CONFIG)
         summaries_path.write_text(json.dumps(summaries, indent=2) + "\n")

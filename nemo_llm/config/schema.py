@@ -169,7 +169,10 @@ class DataPreparationConfig:
 
 @dataclass
 class CheckpointConfig:
-    every_n_train_steps: int = 50  # also writes last.ckpt, which always holds the final state
+    # Directories under <run_dir>/checkpoints/ (sharded, loadable at any layout): step<N>.ckpt every
+    # every_n_train_steps steps, the newest save_last_k kept; best-*.ckpt by val_loss; last.ckpt at the end
+    every_n_train_steps: int = 50
+    save_last_k: int = 2
     save_top_k: int = 1  # best checkpoints by val_loss; 0 keeps none
 
 
@@ -178,6 +181,8 @@ class TrainingConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     tensorboard: bool = True
     progress_bar: bool = True
+    # NaN/inf gradients skip the step; this many in a row stop training (0: never stop)
+    max_consecutive_bad_steps: int = 10
 
 
 @dataclass
@@ -199,10 +204,23 @@ class EvaluationConfig:
 
 
 @dataclass
+class ConversionConfig:
+    # Not in the default stages: stages=[conversion], or append it to export what training wrote.
+    direction: str = "nemo_to_hf"  # nemo_to_hf | hf_to_nemo
+    # nemo_to_hf: a .ckpt, checkpoint directory, import output or run directory; null: this run's
+    #   checkpoints/last.ckpt. hf_to_nemo: a Hugging Face GPT-2 or Llama folder (required).
+    input: Optional[str] = None
+    output: Optional[str] = None  # null: <run_dir>/hf (nemo_to_hf) or <run_dir>/nemo (hf_to_nemo)
+
+
+@dataclass
 class Config:
     stages: List[str] = field(default_factory=lambda: ["data_preparation", "training", "evaluation"])
     run_name: str = "${model.name}"
     run_dir: str = "results/${run_name}"
+    # null: a new run (refused where run_dir already holds checkpoints); auto: continue from the
+    # latest complete checkpoint in run_dir (a new run when there is none); or a checkpoint path
+    resume: Optional[str] = None
     seed: int = 1234
     dry_run: bool = False  # print the plan and exit
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -210,3 +228,4 @@ class Config:
     data_preparation: DataPreparationConfig = field(default_factory=DataPreparationConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    conversion: ConversionConfig = field(default_factory=ConversionConfig)

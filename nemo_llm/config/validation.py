@@ -6,6 +6,8 @@ unknown keys are already refused by the schema when Hydra composes the config.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf
 
 from nemo_llm.data.blending import DataPrefixError, parse_data_prefix
@@ -23,6 +25,7 @@ SENTENCEPIECE_MODEL_TYPES = ("bpe", "unigram")
 GENERATE_STRATEGIES = ("greedy", "top_k", "top_p")
 EVAL_SPLITS = ("validation", "test")
 PIPELINE_SCHEDULES = ("1f1b", "gpipe")
+CONVERSION_DIRECTIONS = ("nemo_to_hf", "hf_to_nemo")
 
 
 class ConfigError(NemoLLMError, ValueError):
@@ -246,6 +249,16 @@ def validate_data_preparation(d: DictConfig) -> None:
              "data_preparation.hf_dataset.streaming=true (each stream shard is one work shard)")
 
 
+def validate_conversion(c: DictConfig, stages: list[str]) -> None:
+    _one_of(c.direction, CONVERSION_DIRECTIONS, "conversion.direction")
+    if "conversion" not in stages:
+        return
+    _require(c.direction != "hf_to_nemo" or bool(c.input),
+             "conversion.input is empty: conversion.direction=hf_to_nemo needs the Hugging Face folder to import")
+    _require(not (c.input and c.output) or Path(c.input).resolve() != Path(c.output).resolve(),
+             f"conversion.output={c.output} is conversion.input itself: choose another output folder")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first key that makes cfg impossible to run."""
     _require(len(cfg.stages) > 0, "stages is empty: list at least one stage, e.g. stages=[training]")
@@ -253,3 +266,4 @@ def validate(cfg: DictConfig) -> None:
     validate_trainer(cfg)
     validate_evaluation(cfg.evaluation)
     validate_data_preparation(cfg.data_preparation)
+    validate_conversion(cfg.conversion, list(cfg.stages))

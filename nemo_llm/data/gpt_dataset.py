@@ -234,9 +234,12 @@ class PretrainingBatchSampler:
         self.rank_offset = data_parallel_rank * self.share
 
     def __len__(self) -> int:
-        return max(self.total_samples - self.consumed_samples, 0) // self.global_batch_size
+        # The whole epoch, consumed batches included, as Megatron counts it: a trainer restored at
+        # step k has k batches of the epoch done and must see the epoch end after the remaining ones.
+        return self.total_samples // self.global_batch_size
 
     def __iter__(self):
-        for batch in range(len(self)):
+        first_batch = -(-self.consumed_samples // self.global_batch_size)
+        for batch in range(len(self) - first_batch):
             first = self.consumed_samples + batch * self.global_batch_size + self.rank_offset
             yield list(range(first, first + self.share))

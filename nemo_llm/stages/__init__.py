@@ -1,10 +1,12 @@
 """The stage registry: conf/config.yaml's `stages:` names these, and each has a conf/<name>/ folder."""
 
 from nemo_llm.stages.base import Stage
+from nemo_llm.stages.conversion import ConversionStage
 from nemo_llm.stages.data_preparation import DataPreparationStage
 from nemo_llm.stages.evaluation import EvaluationStage
 from nemo_llm.stages.training import TrainingStage
 
-STAGES: dict[str, Stage] = {stage.name: stage for stage in (DataPreparationStage(), TrainingStage(), EvaluationStage())}
+STAGES: dict[str, Stage] = {stage.name: stage for stage in (DataPreparationStage(), TrainingStage(), EvaluationStage(),
+                                                             ConversionStage())}
 
 __all__ = ["STAGES", "Stage"]

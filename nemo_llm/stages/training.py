@@ -10,7 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 from nemo_llm.config import ConfigError
 from nemo_llm.launcher import launch_local
 from nemo_llm.stages.base import Stage
-from nemo_llm.training.checkpoint import last_checkpoint_path
+from nemo_llm.errors import Preempted
+from nemo_llm.training.checkpoint import CheckpointError, last_checkpoint_path, read_checkpoint_meta
 
 
 def _train_worker(config_yaml: str) -> dict:
@@ -25,10 +26,15 @@ class TrainingStage(Stage):
 
     def check(self, cfg: DictConfig) -> None:
         checkpoints = last_checkpoint_path(cfg.run_dir).parent
-        if checkpoints.is_dir() and any(checkpoints.iterdir()):
+        if cfg.resume is None and checkpoints.is_dir() and any(checkpoints.iterdir()):
             raise ConfigError(
                 f"{checkpoints} holds checkpoints of an earlier run, which training would overwrite: "
-                "choose another run_dir= (or run_name=), or move that directory away")
+                "continue it with resume=auto, or choose another run_dir= (or run_name=)")
+        if cfg.resume not in (None, "auto"):
+            try:
+                read_checkpoint_meta(cfg.resume)  # a missing, incomplete or foreign checkpoint fails here
+            except CheckpointError as e:
+                raise ConfigError(f"resume={cfg.resume}: {e}") from None
         if cfg.trainer.num_nodes > 1 and "MASTER_ADDR" not in os.environ:
             raise ConfigError(
                 f"trainer.num_nodes={cfg.trainer.num_nodes}: a multi-node run is started on every node by a "
@@ -37,10 +43,15 @@ class TrainingStage(Stage):
     def run(self, cfg: DictConfig) -> dict:
         t = cfg.trainer
         if t.devices * t.num_nodes == 1:
-            return _train_worker(OmegaConf.to_yaml(cfg, resolve=True))
-        endpoint = "localhost:0"
-        if t.num_nodes > 1:
-            endpoint = f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '29500')}"
-        results = launch_local(_train_worker, (OmegaConf.to_yaml(cfg, resolve=True),), t.devices, t.num_nodes,
-                               endpoint)
-        return results[min(results)]
+            result = _train_worker(OmegaConf.to_yaml(cfg, resolve=True))
+        else:
+            endpoint = "localhost:0"
+            if t.num_nodes > 1:
+                endpoint = f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '29500')}"
+            results = launch_local(_train_worker, (OmegaConf.to_yaml(cfg, resolve=True),), t.devices, t.num_nodes,
+                                   endpoint)
+            result = results[min(results)]
+        if result["preempted"]:
+            raise Preempted(f"stopped by a signal at step {result['steps']}, after saving {result['last_checkpoint']}; "
+                            "run the same command with resume=auto to continue")
+        return result

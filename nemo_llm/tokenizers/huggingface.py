@@ -82,6 +82,11 @@ class HuggingFaceTokenizer(Tokenizer):
         return cls(tokenizer, eod_token, str(vocab_file))
 
     @property
+    def backend(self) -> HFTokenizer:
+        """The `tokenizers` object, e.g. to save it as a tokenizer.json."""
+        return self._tok
+
+    @property
     def vocab_size(self) -> int:
         return self._vocab_size
 

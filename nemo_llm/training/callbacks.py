@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
 
 METRICS_FILE = "metrics.jsonl"
 VAL_METRICS_FILE = "val_metrics.jsonl"
@@ -31,10 +34,11 @@ class StepMetrics(pl.Callback):
         self._start = 0.0
 
     def on_train_start(self, trainer, pl_module) -> None:
-        # A run that starts from step 0 owns these files: lines of an earlier, crashed run would mix in.
-        if trainer.global_step == 0 and trainer.is_global_zero:
+        # A run owns these files from its first step on: lines an earlier, crashed run wrote after
+        # the checkpoint this run starts from would be written again.
+        if trainer.is_global_zero:
             for name in (METRICS_FILE, VAL_METRICS_FILE):
-                (self.run_dir / name).unlink(missing_ok=True)
+                self._keep_until(name, trainer.global_step)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._start = time.perf_counter()
@@ -68,7 +72,46 @@ class StepMetrics(pl.Callback):
                 print(f"validation at step {record['step']}: loss {val_loss:.4f} perplexity {record['val_ppl']:.2f}",
                       flush=True)
 
+    def _keep_until(self, name: str, step: int) -> None:
+        path = self.run_dir / name
+        if not path.is_file():
+            return
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+
     def _append(self, name: str, record: dict) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / name, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+class Preemption(pl.Callback):
+    """SIGTERM or SIGUSR1 (what Slurm sends before a time limit or a preemption): finish the current
+    step, save a checkpoint, stop. Every rank learns of a signal any rank received at the end of each
+    step (one all-reduce of a flag), so all save the same step together."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self, checkpoint_path: str | Path):
+        self.checkpoint_path = Path(checkpoint_path)
+        self.requested = False
+        self.preempted = False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Installed here, after Lightning's own handlers, which would stop without saving.
+        for signum in self.SIGNALS:
+            signal.signal(signum, self._request)
+
+    def _request(self, signum, frame) -> None:
+        self.requested = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        flag = torch.tensor(float(self.requested), device=pl_module.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and not self.preempted:
+            trainer.save_checkpoint(self.checkpoint_path, weights_only=False)
+            self.preempted = True
+            trainer.should_stop = True

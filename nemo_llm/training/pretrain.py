@@ -19,8 +19,8 @@ from nemo_llm.models.gpt import gpt_config_from
 from nemo_llm.parallel.engine import EngineSettings
 from nemo_llm.plan import Machine, model_flops_per_iteration, uses_gpu
 from nemo_llm.tokenizers import build_tokenizer
-from nemo_llm.training.callbacks import StepMetrics
-from nemo_llm.training.checkpoint import CHECKPOINT_DIR, last_checkpoint_path
+from nemo_llm.training.callbacks import Preemption, StepMetrics
+from nemo_llm.training.checkpoint import CHECKPOINT_DIR, find_latest_checkpoint, last_checkpoint_path
 from nemo_llm.training.module import GPTPretrainModule
 from nemo_llm.training.strategy import MegatronStrategy
 from nemo_llm.training.throughput import peak_tflops_per_device
@@ -75,6 +75,15 @@ def engine_settings(cfg: DictConfig) -> EngineSettings:
     )
 
 
+def resume_checkpoint(cfg: DictConfig) -> Path | None:
+    """The checkpoint `resume` names: auto, the latest complete one in run_dir (None if there is none)."""
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "auto":
+        return find_latest_checkpoint(Path(cfg.run_dir) / CHECKPOINT_DIR)
+    return Path(cfg.resume)
+
+
 def pretrain(cfg: DictConfig) -> dict:
     """Train cfg.model for cfg.trainer.max_steps; returns a summary. Writes <run_dir>/checkpoints/,
     metrics.jsonl, val_metrics.jsonl and tensorboard/."""
@@ -99,6 +108,7 @@ def pretrain(cfg: DictConfig) -> dict:
         gradient_clip_val=t.gradient_clip_val,
         engine=asdict(engine_settings(cfg)),
         seed=cfg.seed,
+        max_consecutive_bad_steps=cfg.training.max_consecutive_bad_steps,
     )
     data = GPTDataModule(m.data.data_prefix, parse_splits(m.data.splits_string), m.encoder_seq_length,
                          m.global_batch_size, t.max_steps, cfg.seed, m.data.num_workers, m.data.index_mapping_dir)
@@ -119,10 +129,14 @@ def pretrain(cfg: DictConfig) -> dict:
     )
     ckpt = cfg.training.checkpoint
     checkpoint_dir = run_dir / CHECKPOINT_DIR
+    preemption = Preemption(last_checkpoint_path(run_dir))
     callbacks = [
         metrics,
+        # Monitoring "step" keeps the newest save_last_k of the periodic checkpoints.
         ModelCheckpoint(dirpath=checkpoint_dir, filename="step{step}", auto_insert_metric_name=False,
-                        every_n_train_steps=ckpt.every_n_train_steps, save_top_k=1, save_last=True),
+                        every_n_train_steps=ckpt.every_n_train_steps, monitor="step", mode="max",
+                        save_top_k=ckpt.save_last_k),
+        preemption,
     ]
     has_validation = data.has_validation
     if has_validation and ckpt.save_top_k > 0:
@@ -130,10 +144,15 @@ def pretrain(cfg: DictConfig) -> dict:
                                          auto_insert_metric_name=False, monitor="val_loss", mode="min",
                                          save_top_k=ckpt.save_top_k))
     trainer = build_trainer(cfg, callbacks, has_validation)
-    trainer.fit(module, datamodule=data)
-    # The final state, whatever the checkpoint interval: evaluation reads it.
-    trainer.save_checkpoint(last_checkpoint_path(run_dir), weights_only=False)
+    resume_from = resume_checkpoint(cfg)
+    if resume_from is not None:
+        print(f"resuming from {resume_from}", flush=True)
+    trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
+    if not preemption.preempted:
+        # The final state, whatever the checkpoint interval: evaluation reads it.
+        trainer.save_checkpoint(last_checkpoint_path(run_dir), weights_only=False)
     return {
+        "preempted": preemption.preempted,
         "steps": trainer.global_step,
         "consumed_samples": module.consumed_samples,
         "final_loss": float(module.step_metrics["loss"]) if module.step_metrics else None,

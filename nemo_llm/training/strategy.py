@@ -2,10 +2,16 @@
 
 Lightning starts (or joins) the process group; this strategy then builds the (pp, dp, tp) mesh,
 and the LightningModule's configure_model() builds the GPTEngine on it. Nothing is wrapped in
-DDP: the engine reduces gradients itself. Checkpoints keep the parameter names of the full model
-(`model.decoder.layers.3....`) whatever the layout. One process writes a single .ckpt file; several
-write a torch.distributed.checkpoint (DCP) directory of that name, each rank its own shards, and
-rank 0 adds meta.pt (hyper-parameters, step, consumed samples).
+DDP: the engine reduces gradients itself.
+
+Checkpoints are torch.distributed.checkpoint (DCP) directories named like files (`step8.ckpt`,
+`last.ckpt`), whatever the number of processes: each rank writes its own shards of the model and
+of the optimizer, keyed by the full model's names (`model.decoder.layers.3....`, and the optimizer
+state flattened per parameter), so a checkpoint loads at any other layout (DCP reshards).
+meta.pt holds the rest (hyper-parameters, step, consumed samples, loops, LR schedule, loss
+scaler, callbacks). A checkpoint is written to `<name>.tmp` and renamed once complete, meta.pt
+last, so a crash during a save leaves the previous checkpoints intact and nothing that looks
+complete.
 """
 
 from __future__ import annotations
@@ -17,12 +23,21 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 from pytorch_lightning.strategies import DDPStrategy
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
+                                                     set_optimizer_state_dict)
 
 from nemo_llm.parallel.state import ParallelState, destroy_model_parallel, initialize_model_parallel
-from nemo_llm.training.checkpoint import DCP_META_FILE
+from nemo_llm.training.checkpoint import (DCP_META_FILE, CheckpointError, check_checkpoint_shapes, load_dcp,
+                                          read_checkpoint_meta)
+
 _PART_PREFIX = re.compile(r"^engine\.parts\.\d+\.")
+_OPTIM_PART = re.compile(r"(?<=^state\.)parts\.\d+\.|(?<=^param_groups\.)parts\.\d+\.")
+# Flattened per parameter, the optimizer state has no positional parameter ids: a checkpoint of one
+# layout maps onto another by name.
+_OPTIM_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+_META_KEYS = ("hyper_parameters", "global_step", "epoch", "consumed_samples", "consecutive_bad_steps", "loss_scaler",
+              "loops", "lr_schedulers", "callbacks", "pytorch-lightning_version")
 
 
 class MegatronStrategy(DDPStrategy):
@@ -45,9 +60,17 @@ class MegatronStrategy(DDPStrategy):
     def configure_ddp(self) -> None:
         """The engine already does data parallelism (FSDP2 or its own gradient all-reduce)."""
 
+    @property
+    def restore_checkpoint_after_setup(self) -> bool:
+        # Loading is in place, into the engine's sharded parameters and the optimizer's states, so
+        # both must exist first.
+        return True
+
     def teardown(self) -> None:
         destroy_model_parallel()
         super().teardown()
+
+    # Names ------------------------------------------------------------------------------------
 
     def lightning_module_state_dict(self) -> dict[str, Any]:
         """Keys of the full model, prefixed 'model.', whichever stage or chunk holds the tensor."""
@@ -55,27 +78,83 @@ class MegatronStrategy(DDPStrategy):
         return {_PART_PREFIX.sub("model.", key): value for key, value in state.items()}
 
     def optimizer_state(self, optimizer) -> dict[str, Any]:
-        """Optimizer state keyed by parameter name, not by position: positions differ between ranks
-        that hold different stages, names do not."""
-        return get_optimizer_state_dict(self.lightning_module.engine, optimizer)
+        """Optimizer state flattened per parameter and keyed by the full model's parameter names."""
+        state = get_optimizer_state_dict(self.lightning_module.engine, optimizer, options=_OPTIM_OPTIONS)
+        return {_OPTIM_PART.sub("", key): value for key, value in state.items()}
+
+    # Saving -----------------------------------------------------------------------------------
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
-        if self.world_size == 1:
-            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        self._refuse_non_finite(checkpoint["state_dict"], filepath)
         path = Path(filepath)
-        if self.is_global_zero and path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        self.barrier("before_dcp_save")
-        tensors = {"state_dict": checkpoint["state_dict"], "optimizer_states": checkpoint.get("optimizer_states", [])}
-        dcp.save(tensors, checkpoint_id=str(path))
+        partial = path.with_name(path.name + ".tmp")
         if self.is_global_zero:
-            meta = {k: v for k, v in checkpoint.items() if k in ("hyper_parameters", "global_step", "epoch",
-                                                                  "consumed_samples", "loss_scaler",
-                                                                  "pytorch-lightning_version")}
-            torch.save(meta, path / DCP_META_FILE)
-        self.barrier("after_dcp_save")
+            shutil.rmtree(partial, ignore_errors=True)  # a save that crashed earlier
+        self.barrier("before_checkpoint_save")
+        tensors = {"state_dict": checkpoint["state_dict"], "optimizer_states": checkpoint.get("optimizer_states", [])}
+        dcp.save(tensors, checkpoint_id=str(partial))
+        self.barrier("checkpoint_shards_written")
+        if self.is_global_zero:
+            torch.save({k: v for k, v in checkpoint.items() if k in _META_KEYS}, partial / DCP_META_FILE)
+            replaced = path.with_name(path.name + ".old")
+            if path.exists():
+                path.replace(replaced) if path.is_dir() else path.rename(replaced)
+            partial.replace(path)
+            shutil.rmtree(replaced, ignore_errors=True) if replaced.is_dir() else replaced.unlink(missing_ok=True)
+        self.barrier("checkpoint_committed")
+
+    def _refuse_non_finite(self, state_dict: dict[str, Any], filepath) -> None:
+        local = [t.to_local() if hasattr(t, "to_local") else t for t in state_dict.values()
+                 if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        bad = torch.tensor(float(any(not torch.isfinite(t).all() for t in local)), device=self.root_device)
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if bad.item():
+            raise CheckpointError(f"{filepath}: not saved, the model holds NaN or inf values; the last complete "
+                                  "checkpoint is unchanged (lower model.optim.lr or use trainer.precision=bf16-mixed)")
 
     def remove_checkpoint(self, filepath) -> None:
         if self.is_global_zero:
             path = Path(filepath)
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+    # Loading ----------------------------------------------------------------------------------
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
+        """Loads model and optimizer shards of this rank's layout in place (DCP reshards a checkpoint
+        of any other layout); returns the metadata for Lightning to restore loops and schedules."""
+        path = Path(checkpoint_path)
+        meta = read_checkpoint_meta(path)
+        model_state = self.lightning_module_state_dict()
+        optimizer = self.optimizers[0]
+        optim_state = self.optimizer_state(optimizer)
+        available = check_checkpoint_shapes(path, model_state)
+        aliases = _tied_output_aliases(optim_state, available)
+        request = {"state_dict": model_state,
+                   "optimizer_states": [{aliases.get(k, k): v for k, v in optim_state.items()}]}
+        load_dcp(path, request)
+        loaded = request["optimizer_states"][0]
+        optim_state = {k: loaded[aliases.get(k, k)] for k in optim_state}
+        own_names = get_optimizer_state_dict(self.lightning_module.engine, optimizer, options=_OPTIM_OPTIONS)
+        set_optimizer_state_dict(self.lightning_module.engine, optimizer,
+                                 {key: optim_state[_OPTIM_PART.sub("", key)] for key in own_names},
+                                 options=_OPTIM_OPTIONS)
+        meta["state_dict"], meta["optimizer_states"] = model_state, [optim_state]
+        return meta
+
+    def load_model_state_dict(self, checkpoint, strict: bool = True) -> None:
+        """Done in load_checkpoint: DCP wrote into the parameters' own (sharded) storage."""
+
+    def load_optimizer_state_dict(self, checkpoint) -> None:
+        """Done in load_checkpoint, by parameter name."""
+
+
+def _tied_output_aliases(optim_state: dict[str, Any], available: set[str]) -> dict[str, str]:
+    """Optimizer keys of a last pipeline stage's copy of tied embeddings that the checkpoint lacks
+    (it was saved with the tied weight held once, under the embedding's name) -> that name."""
+    aliases = {}
+    for key in optim_state:
+        if "output_layer.weight" in key and f"optimizer_states.0.{key}" not in available:
+            alias = key.replace("output_layer.weight", "embedding.word_embeddings.weight")
+            if f"optimizer_states.0.{alias}" in available:
+                aliases[key] = alias
+    return aliases
