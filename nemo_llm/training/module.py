@@ -100,7 +100,7 @@ class GPTPretrainModule(pl.LightningModule):
         if limit and self.consecutive_bad_steps >= limit:
             raise TrainingDivergedError(
                 f"{self.consecutive_bad_steps} consecutive steps with NaN or inf gradients, up to step "
-                f"{self.trainer.global_step + 1}: training stopped before writing a broken checkpoint; resume "
+                f"{self.trainer.global_step}: training stopped before writing a broken checkpoint; resume "
                 "from the last one with a lower model.optim.lr (training.max_consecutive_bad_steps sets the limit)")
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

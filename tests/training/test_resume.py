@@ -77,6 +77,49 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses_bit_for_bit(prepared
     kill_at_a_random_step_then_resume(train_args(prepared, killed, *common), killed, 3, 8, seed=len(layout))
     assert losses(killed) == losses(reference)
     assert [r["step"] for r in map(json.loads, (killed / "val_metrics.jsonl").read_text().splitlines())] == [4, 8]
+    if not layout:
+        preempted = tmp_path / "preempted"
+        preempt_then_resume(train_args(prepared, preempted, *common), preempted, after_step=5)
+        assert losses(preempted) == losses(reference)
+
+
+def preempt_then_resume(args, run_dir, after_step):
+    """SIGTERM (as Slurm sends before a time limit) once metrics.jsonl has `after_step` lines: the run
+    saves, exits with 75 and says how to continue; resume=auto then finishes it."""
+    process = subprocess.Popen([sys.executable, str(REPO / "main.py"), *args], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= after_step:
+            process.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.01)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 75, stderr[-3000:]
+    assert "stopped by a signal at step" in stderr and "resume=auto" in stderr
+    from nemo_llm.training.checkpoint import read_checkpoint_meta
+
+    saved = read_checkpoint_meta(run_dir / "checkpoints" / "last.ckpt")["global_step"]
+    assert after_step <= saved < 10
+    resumed = run_main([*args, "resume=auto"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {run_dir / 'checkpoints' / 'last.ckpt'}" in resumed.stdout
+
+
+def test_nan_gradients_skip_steps_then_stop_the_run_without_a_broken_checkpoint(prepared, tmp_path):
+    run_dir = tmp_path / "run"
+    # Weights of 1e30 overflow every forward pass to inf: each step's gradients are NaN.
+    result = run_main(train_args(prepared, run_dir, "model.init_method_std=1e30", "trainer.max_steps=10",
+                                 "training.max_consecutive_bad_steps=3", "training.checkpoint.every_n_train_steps=2"))
+    assert result.returncode == 2
+    assert "3 consecutive steps with NaN or inf gradients, up to step 3: training stopped" in result.stderr
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in records] == [1.0, 1.0]  # the third step raised before it was logged
+    from nemo_llm.training.checkpoint import load_model_from_checkpoint
+
+    model, meta = load_model_from_checkpoint(run_dir / "checkpoints" / "step2.ckpt")
+    assert meta["global_step"] == 2 and all(p.isfinite().all() for p in model.parameters())
 
 
 RESHARD = ["model.hidden_dropout=0.0", "model.attention_dropout=0.0", "trainer.max_steps=6",
