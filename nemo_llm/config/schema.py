@@ -174,6 +174,7 @@ class CheckpointConfig:
     every_n_train_steps: int = 50
     save_last_k: int = 2
     save_top_k: int = 1  # best checkpoints by val_loss; 0 keeps none
+    async_save: bool = False  # write in a background thread from copies while training continues
 
 
 @dataclass

@@ -35,6 +35,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], has_validation:
         tensor_model_parallel_size=m.tensor_model_parallel_size,
         pipeline_model_parallel_size=m.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=m.virtual_pipeline_model_parallel_size,
+        async_save=cfg.training.checkpoint.async_save,
         process_group_backend="nccl" if on_gpu else "gloo",
     )
     return pl.Trainer(

@@ -11,18 +11,24 @@ state flattened per parameter), so a checkpoint loads at any other layout (DCP r
 meta.pt holds the rest (hyper-parameters, step, consumed samples, loops, LR schedule, loss
 scaler, callbacks). A checkpoint is written to `<name>.tmp` and renamed once complete, meta.pt
 last, so a crash during a save leaves the previous checkpoints intact and nothing that looks
-complete.
+complete. With async_save the shards are written by a background thread from copies while
+training continues; the checkpoint is committed (meta.pt, rename) before the next save or at the
+end of training.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.utils._pytree import tree_map
 from pytorch_lightning.strategies import DDPStrategy
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
                                                      set_optimizer_state_dict)
@@ -44,18 +50,25 @@ class MegatronStrategy(DDPStrategy):
     strategy_name = "megatron"
 
     def __init__(self, tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1,
-                 virtual_pipeline_model_parallel_size: int | None = None, **kwargs: Any):
+                 virtual_pipeline_model_parallel_size: int | None = None, async_save: bool = False, **kwargs: Any):
         super().__init__(**kwargs)
         self.tensor_model_parallel_size = tensor_model_parallel_size
         self.pipeline_model_parallel_size = pipeline_model_parallel_size
         self.virtual_pipeline_model_parallel_size = virtual_pipeline_model_parallel_size
         self.parallel_state: ParallelState | None = None
+        self.async_save = async_save
+        self._checkpoint_group = None
+        self._pending: tuple[Future, Path, Path, dict] | None = None  # an async save not yet committed
 
     def setup_environment(self) -> None:
         super().setup_environment()
         self.parallel_state = initialize_model_parallel(
             self.tensor_model_parallel_size, self.pipeline_model_parallel_size,
             self.virtual_pipeline_model_parallel_size, device_type=self.root_device.type)
+        if self.async_save:
+            # An async save plans and finishes its writes from a background thread on CPU tensors,
+            # which needs a gloo group whatever backend training uses.
+            self._checkpoint_group = dist.new_group(backend="gloo")
 
     def configure_ddp(self) -> None:
         """The engine already does data parallelism (FSDP2 or its own gradient all-reduce)."""
@@ -67,6 +80,7 @@ class MegatronStrategy(DDPStrategy):
         return True
 
     def teardown(self) -> None:
+        self.finish_pending_save()
         destroy_model_parallel()
         super().teardown()
 
@@ -90,12 +104,37 @@ class MegatronStrategy(DDPStrategy):
         partial = path.with_name(path.name + ".tmp")
         if self.is_global_zero:
             shutil.rmtree(partial, ignore_errors=True)  # a save that crashed earlier
+        self.finish_pending_save()
         self.barrier("before_checkpoint_save")
         tensors = {"state_dict": checkpoint["state_dict"], "optimizer_states": checkpoint.get("optimizer_states", [])}
+        # A copy: callbacks hand out their live state (ModelCheckpoint's dict of best paths), which
+        # changes before an async save is committed.
+        meta = copy.deepcopy({k: v for k, v in checkpoint.items() if k in _META_KEYS})
+        if self.async_save:
+            # Copies first: training goes on changing the parameters and optimizer states in place
+            # while the background thread writes.
+            tensors = tree_map(lambda t: t.detach().clone() if isinstance(t, torch.Tensor) else t, tensors)
+            future = dcp.async_save(tensors, checkpoint_id=str(partial), process_group=self._checkpoint_group)
+            self._pending = (future, partial, path, meta)
+            return
         dcp.save(tensors, checkpoint_id=str(partial))
+        self._commit(partial, path, meta)
+
+    def finish_pending_save(self) -> None:
+        """Wait for the async save in flight, then commit it (before the next save, at the end)."""
+        if self._pending is None:
+            return
+        future, partial, path, meta = self._pending
+        self._pending = None
+        future.result()
+        self._commit(partial, path, meta)
+
+    def _commit(self, partial: Path, path: Path, meta: dict) -> None:
+        """Every rank's shards are in `partial`: add meta.pt, the mark of a complete checkpoint, and
+        put it in place of `path`."""
         self.barrier("checkpoint_shards_written")
         if self.is_global_zero:
-            torch.save({k: v for k, v in checkpoint.items() if k in _META_KEYS}, partial / DCP_META_FILE)
+            torch.save(meta, partial / DCP_META_FILE)
             replaced = path.with_name(path.name + ".old")
             if path.exists():
                 path.replace(replaced) if path.is_dir() else path.rename(replaced)
@@ -113,6 +152,8 @@ class MegatronStrategy(DDPStrategy):
                                   "checkpoint is unchanged (lower model.optim.lr or use trainer.precision=bf16-mixed)")
 
     def remove_checkpoint(self, filepath) -> None:
+        if self._pending is not None and self._pending[2] == Path(filepath):
+            self.finish_pending_save()  # removing the checkpoint being written: let it land first
         if self.is_global_zero:
             path = Path(filepath)
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
