@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 
 from nemo_llm.errors import NemoLLMError
 from nemo_llm.models.gpt import GPTConfig, GPTModel
@@ -136,9 +137,13 @@ def load_dcp(path: str | Path, state: dict[str, Any]) -> None:
         dcp.load(state, storage_reader=reader, planner=_SafeLoadPlanner())
     except CheckpointError:
         raise
-    except Exception as e:  # a truncated shard file, a missing entry, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"{path}: cannot be read ({type(e).__name__}: {first}); the checkpoint is "
+    except (Exception, CheckpointException) as e:  # a truncated shard file, a missing entry, ...
+        # DCP wraps each rank's failure (and derives from BaseException); the first says what broke.
+        cause = next(iter(e.failures.values()), e) if isinstance(e, CheckpointException) else e
+        if isinstance(cause, CheckpointError):
+            raise cause from None
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        raise CheckpointError(f"{path}: cannot be read ({type(cause).__name__}: {first}); the checkpoint is "
                               "incomplete or damaged: use another one") from None
 
 

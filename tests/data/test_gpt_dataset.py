@@ -171,3 +171,21 @@ def test_collate_samples_makes_one_int64_tensor_per_key(indexed):
     batch = collate_samples([ds[i] for i in range(4)])
     assert batch["tokens"].shape == batch["labels"].shape == (4, 16) and batch["tokens"].dtype == torch.int64
     assert batch["tokens"][2].tolist() == ds[2]["tokens"].tolist()
+
+
+def test_indices_are_the_same_in_another_process(indexed, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    script = ("import numpy as np, sys; from nemo_llm.data.indexed_dataset import IndexedDataset; "
+              "from nemo_llm.data.gpt_dataset import build_indices; ix = IndexedDataset(sys.argv[1]); "
+              "a = build_indices(ix.sizes, np.arange(len(ix)), 16, 300, 11); "
+              "np.savez(sys.argv[2], **a)")
+    subprocess.run([sys.executable, "-c", script, indexed.prefix, str(tmp_path / "other.npz")], cwd=REPO, check=True)
+    from nemo_llm.data.gpt_dataset import build_indices
+
+    here = build_indices(indexed.sizes, np.arange(len(indexed)), 16, 300, 11)
+    other = np.load(tmp_path / "other.npz")
+    assert all(np.array_equal(here[name], other[name]) for name in here)

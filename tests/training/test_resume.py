@@ -175,12 +175,16 @@ def test_resume_checks_refuse_bad_checkpoints(prepared, tmp_path):
     assert "does not fit this model (model.embedding.word_embeddings.weight (512, 64) in the checkpoint, " \
            "(512, 128) in the model" in wider.stderr
 
+    from nemo_llm.training.checkpoint import load_model_from_checkpoint
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    for shard in last.glob("*.distcp"):
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="last.ckpt: cannot be read .*incomplete or damaged"):
+        load_model_from_checkpoint(last)
+    (checkpoint / ".metadata").write_bytes(b"\x80\x04cos\nsystem\n(S'echo pwned'\ntR.")
+    with pytest.raises(CheckpointError, match="refusing its metadata .*os.system is not allowed"):
+        check_checkpoint_shapes(checkpoint, {})
     (checkpoint / "meta.pt").unlink()  # as a save interrupted before its commit
     with pytest.raises(CheckpointError, match="incomplete checkpoint"):
         read_checkpoint_meta(checkpoint)
-    shard = next(checkpoint.glob("*.distcp"))
-    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    last = run_dir / "checkpoints" / "last.ckpt"
-    (last / ".metadata").write_bytes(b"\x80\x04cos\nsystem\n(S'echo pwned'\ntR.")
-    with pytest.raises(CheckpointError, match="refusing its metadata .*os.system is not allowed"):
-        check_checkpoint_shapes(last, {})
