@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="a few seconds: the test suite's run")
     args = parser.parse_args(argv)
     if args.tiny:
-        args.text_mb, args.files, args.vocab_size, args.tokens_M, args.reads = 1.0, 2, 1000, 1.0, 2000
+        args.text_mb, args.files, args.vocab_size, args.tokens_M, args.reads = 0.5, 2, 1000, 0.5, 1000
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         inputs, text_bytes = write_corpus(Path(tempfile.mkdtemp(dir=work)), args.text_mb, args.files)

@@ -65,7 +65,7 @@ def test_default_pipeline_end_to_end(small_overrides, tmp_path):
     assert again.returncode == 2
     assert again.stderr.strip().splitlines() == [
         f"error: {run_dir / 'checkpoints'} holds checkpoints of an earlier run, which training would overwrite: "
-        "choose another run_dir= (or run_name=), or move that directory away"]
+        "continue it with resume=auto, or choose another run_dir= (or run_name=)"]
     assert (run_dir / "metrics.jsonl").read_bytes() == before
 
 

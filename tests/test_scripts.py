@@ -20,7 +20,7 @@ def test_data_benchmark_runs_at_a_tiny_size(capsys):
     result = load_script("bench_data").main(["--tiny"])
     for runs in result["tokenization"].values():
         assert [r["workers"] for r in runs] == [1, 2]
-        assert runs[0]["tokens"] == runs[1]["tokens"] > 100_000  # the same output from 1 and 2 workers
+        assert runs[0]["tokens"] == runs[1]["tokens"] > 50_000  # the same output from 1 and 2 workers
         assert all(r["tokens_per_s_wall"] > 0 and r["tokens_per_s_per_worker_median_shard"] > 0 for r in runs)
     reads = result["sample_reads"]
     assert reads["sample_tokens"] == 2049 and reads["samples"] > 100 and reads["samples_per_s"] > 0
