@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
-
-import numpy as np
 
 from nemo_llm.config.validation import microbatch_count
 from nemo_llm.errors import NemoLLMError

@@ -93,18 +93,18 @@ class MegatronStrategy(DDPStrategy):
 
     def optimizer_state(self, optimizer) -> dict[str, Any]:
         """Optimizer state flattened per parameter and keyed by the full model's parameter names."""
-        state = get_optimizer_state_dict(self.lightning_module.engine, optimizer, options=_OPTIM_OPTIONS)
-        return {_OPTIM_PART.sub("", key): value for key, value in state.items()}
+        return _full_model_names(get_optimizer_state_dict(self.lightning_module.engine, optimizer,
+                                                          options=_OPTIM_OPTIONS))
 
     # Saving -----------------------------------------------------------------------------------
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
         self._refuse_non_finite(checkpoint["state_dict"], filepath)
+        self.finish_pending_save()  # first: it may be writing to the very name this save uses
         path = Path(filepath)
         partial = path.with_name(path.name + ".tmp")
         if self.is_global_zero:
             shutil.rmtree(partial, ignore_errors=True)  # a save that crashed earlier
-        self.finish_pending_save()
         self.barrier("before_checkpoint_save")
         tensors = {"state_dict": checkpoint["state_dict"], "optimizer_states": checkpoint.get("optimizer_states", [])}
         # A copy: callbacks hand out their live state (ModelCheckpoint's dict of best paths), which
@@ -166,8 +166,9 @@ class MegatronStrategy(DDPStrategy):
         path = Path(checkpoint_path)
         meta = read_checkpoint_meta(path)
         model_state = self.lightning_module_state_dict()
-        optimizer = self.optimizers[0]
-        optim_state = self.optimizer_state(optimizer)
+        engine, optimizer = self.lightning_module.engine, self.optimizers[0]
+        own = get_optimizer_state_dict(engine, optimizer, options=_OPTIM_OPTIONS)  # the engine's names
+        optim_state = _full_model_names(own)
         available = check_checkpoint_shapes(path, model_state)
         aliases = _tied_output_aliases(optim_state, available)
         request = {"state_dict": model_state,
@@ -175,9 +176,7 @@ class MegatronStrategy(DDPStrategy):
         load_dcp(path, request)
         loaded = request["optimizer_states"][0]
         optim_state = {k: loaded[aliases.get(k, k)] for k in optim_state}
-        own_names = get_optimizer_state_dict(self.lightning_module.engine, optimizer, options=_OPTIM_OPTIONS)
-        set_optimizer_state_dict(self.lightning_module.engine, optimizer,
-                                 {key: optim_state[_OPTIM_PART.sub("", key)] for key in own_names},
+        set_optimizer_state_dict(engine, optimizer, {key: optim_state[_OPTIM_PART.sub("", key)] for key in own},
                                  options=_OPTIM_OPTIONS)
         meta["state_dict"], meta["optimizer_states"] = model_state, [optim_state]
         return meta
@@ -187,6 +186,11 @@ class MegatronStrategy(DDPStrategy):
 
     def load_optimizer_state_dict(self, checkpoint) -> None:
         """Done in load_checkpoint, by parameter name."""
+
+
+def _full_model_names(optimizer_state: dict[str, Any]) -> dict[str, Any]:
+    """Flattened optimizer state with the engine's `parts.<k>.` prefixes dropped from the names."""
+    return {_OPTIM_PART.sub("", key): value for key, value in optimizer_state.items()}
 
 
 def _tied_output_aliases(optim_state: dict[str, Any], available: set[str]) -> dict[str, str]:
