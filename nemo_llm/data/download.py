@@ -62,15 +62,15 @@ def download(url: str, directory: str | Path, retries: int = 3, log=print) -> Pa
     for attempt in range(1, retries + 1):
         try:
             _fetch(url, partial)
-            partial.replace(target)
-            log(f"downloaded {url} -> {target}")
-            return target
+            break
         except (urllib.error.URLError, OSError) as e:
             if attempt == retries:
                 raise DownloadError(f"cannot download {url} after {retries} attempts ({e}); "
                                     f"re-run to resume from {partial}") from None
             time.sleep(2 ** attempt)
-    raise AssertionError("unreachable")
+    partial.replace(target)
+    log(f"downloaded {url} -> {target}")
+    return target
 
 
 def _fetch(url: str, partial: Path) -> None:
