@@ -187,21 +187,77 @@ class TrainingConfig:
 
 
 @dataclass
-class GenerateConfig:
-    prompt: str = "The"
+class SamplingConfig:
+    # nemo_llm.inference.SamplingParams: the REST server's JSON fields have the same names
     max_new_tokens: int = 48
-    strategy: str = "top_p"  # greedy | top_k | top_p
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.9
+    greedy: bool = False  # argmax; temperature, top_k and top_p are then ignored
+    temperature: float = 1.0
+    top_k: int = 0  # 0 keeps every token
+    top_p: float = 1.0  # 1.0 keeps every token
+    repetition_penalty: float = 1.0  # > 1 penalises tokens already in the prompt or output (1.0: off)
+    stop: List[str] = field(default_factory=list)  # generation ends before the first of these strings
+    stop_on_eod: bool = True
+    seed: int = 1234
+    logprobs: bool = False
+
+
+@dataclass
+class GenerateConfig(SamplingConfig):
+    prompt: str = "The"
+
+
+@dataclass
+class PerplexityConfig:
+    # Rolling-window perplexity on documents of any length: files as data_preparation.input takes
+    # them (.jsonl/.parquet/text, globs, .gz/.zst); null skips it
+    input: Any = None
+    json_key: str = "text"
+    # tokens each window moves on; null: the model's context (disjoint windows); smaller strides give
+    # every token at least (context - stride) tokens of context, at more compute
+    stride: Optional[int] = None
+    max_documents: int = 0  # 0: all
 
 
 @dataclass
 class EvaluationConfig:
-    checkpoint: Optional[str] = None  # null: the training stage's last checkpoint in run_dir
+    # null: the training stage's last checkpoint in run_dir; else anything nemo_llm.load accepts
+    checkpoint: Optional[str] = None
+    # Perplexity on held-out splits of the training corpus (model.data); [] skips it
     splits: List[str] = field(default_factory=lambda: ["validation", "test"])
     max_batches: int = 20  # micro-batches per split; 0 = whole split
+    perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
+    # Benchmarks: lambada, race_h, boolq, piqa, hellaswag, winogrande, anli_r1, anli_r2, anli_r3, hans, wic
+    tasks: List[str] = field(default_factory=list)
+    num_fewshot: int = 0  # examples with their answers before each question
+    fewshot_seed: int = 1234  # which examples are drawn as shots
+    limit: int = 0  # examples per task; 0: all
+    # Local copies of the tasks' data, read before the Hugging Face hub is tried:
+    # <data_dir>/<task>/<split>.jsonl, one record per line in the hub dataset's schema
+    data_dir: Optional[str] = None
+    batch_size: int = 8  # sequences per forward pass
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"  # loopback; 0.0.0.0 serves other machines too (no authentication: trusted networks)
+    port: int = 5000  # 0: any free port (printed at start)
+    max_prompts: int = 32  # per request
+    max_new_tokens: int = 1024  # the most a request may ask for
+    max_request_bytes: int = 1_000_000
+
+
+@dataclass
+class InferenceConfig:
+    # null: the training stage's last checkpoint in run_dir; else anything nemo_llm.load accepts
+    checkpoint: Optional[str] = None
+    prompts: List[str] = field(default_factory=list)
+    prompts_file: Optional[str] = None  # .jsonl with a "prompt" field per line, or text with one prompt per line
+    output_file: str = "${run_dir}/generations.jsonl"
+    batch_size: int = 8  # prompts generated together
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    serve: bool = False  # run the REST server (until interrupted) instead of generating for prompts
+    server: ServerConfig = field(default_factory=ServerConfig)
 
 
 @dataclass
@@ -229,4 +285,5 @@ class Config:
     data_preparation: DataPreparationConfig = field(default_factory=DataPreparationConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     conversion: ConversionConfig = field(default_factory=ConversionConfig)

@@ -22,7 +22,6 @@ RECOMPUTE_GRANULARITIES = (None, "selective", "full")
 RECOMPUTE_METHODS = ("uniform", "block")
 TOKENIZER_LIBRARIES = ("sentencepiece", "huggingface", "byte")
 SENTENCEPIECE_MODEL_TYPES = ("bpe", "unigram")
-GENERATE_STRATEGIES = ("greedy", "top_k", "top_p")
 EVAL_SPLITS = ("validation", "test")
 PIPELINE_SCHEDULES = ("1f1b", "gpipe")
 CONVERSION_DIRECTIONS = ("nemo_to_hf", "hf_to_nemo")
@@ -227,16 +226,37 @@ def validate_trainer(cfg: DictConfig) -> None:
                  f"DP)) to be a multiple of model.pipeline_model_parallel_size={pp}: change model.global_batch_size")
 
 
+def validate_sampling(g: DictConfig, key: str) -> None:
+    _require(g.max_new_tokens >= 0, f"{key}.max_new_tokens={g.max_new_tokens} must be >= 0")
+    _require(g.greedy or g.temperature > 0, f"{key}.temperature={g.temperature} must be positive (or set {key}.greedy=true)")
+    _require(g.top_k >= 0, f"{key}.top_k={g.top_k} must be >= 0 (0 keeps every token)")
+    _require(0 < g.top_p <= 1, f"{key}.top_p={g.top_p} must be in (0, 1]")
+    _require(g.repetition_penalty > 0, f"{key}.repetition_penalty={g.repetition_penalty} must be positive (1.0 is off)")
+    _require(all(bool(s) for s in g.stop), f"{key}.stop holds an empty string: list the strings that end generation")
+
+
 def validate_evaluation(e: DictConfig) -> None:
     for split in e.splits:
         _one_of(split, EVAL_SPLITS, "evaluation.splits[]")
     _require(e.max_batches >= 0, f"evaluation.max_batches={e.max_batches} must be >= 0 (0 = whole split)")
-    g = e.generate
-    _one_of(g.strategy, GENERATE_STRATEGIES, "evaluation.generate.strategy")
-    _require(g.max_new_tokens >= 0, f"evaluation.generate.max_new_tokens={g.max_new_tokens} must be >= 0")
-    _require(g.temperature > 0, f"evaluation.generate.temperature={g.temperature} must be positive")
-    _require(g.top_k >= 1, f"evaluation.generate.top_k={g.top_k} must be >= 1")
-    _require(0 < g.top_p <= 1, f"evaluation.generate.top_p={g.top_p} must be in (0, 1]")
+    _require(e.batch_size >= 1, f"evaluation.batch_size={e.batch_size} must be >= 1")
+    _require(e.num_fewshot >= 0, f"evaluation.num_fewshot={e.num_fewshot} must be >= 0")
+    _require(e.limit >= 0, f"evaluation.limit={e.limit} must be >= 0 (0 = every example)")
+    _require(e.perplexity.stride is None or e.perplexity.stride >= 1,
+             f"evaluation.perplexity.stride={e.perplexity.stride} must be null (the model's context) or >= 1")
+    _require(e.perplexity.max_documents >= 0,
+             f"evaluation.perplexity.max_documents={e.perplexity.max_documents} must be >= 0 (0 = all)")
+    validate_sampling(e.generate, "evaluation.generate")
+
+
+def validate_inference(i: DictConfig) -> None:
+    validate_sampling(i.sampling, "inference.sampling")
+    _require(i.batch_size >= 1, f"inference.batch_size={i.batch_size} must be >= 1")
+    s = i.server
+    _require(0 <= s.port <= 65535, f"inference.server.port={s.port} must be a TCP port (0-65535; 0 picks a free one)")
+    _require(s.max_prompts >= 1, f"inference.server.max_prompts={s.max_prompts} must be >= 1")
+    _require(s.max_new_tokens >= 1, f"inference.server.max_new_tokens={s.max_new_tokens} must be >= 1")
+    _require(s.max_request_bytes >= 1024, f"inference.server.max_request_bytes={s.max_request_bytes} must be >= 1024")
 
 
 def validate_data_preparation(d: DictConfig) -> None:
@@ -265,5 +285,6 @@ def validate(cfg: DictConfig) -> None:
     validate_model(cfg.model)
     validate_trainer(cfg)
     validate_evaluation(cfg.evaluation)
+    validate_inference(cfg.inference)
     validate_data_preparation(cfg.data_preparation)
     validate_conversion(cfg.conversion, list(cfg.stages))

@@ -40,6 +40,14 @@ def stage_indices(pp_rank: int, pp_size: int, virtual_size: int) -> list[int]:
     return [pp_rank + chunk * pp_size for chunk in range(virtual_size)]
 
 
+class StageInput(nn.Identity):
+    """Stands in for the embedding on later stages: passes the previous stage's hidden states on and
+    ignores the position offset the embedding would take."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return x
+
+
 def build_stage(model: GPTModel, stage: int, layer_counts: Sequence[int]) -> GPTModel:
     """A copy of model holding only what pipeline stage `stage` computes."""
     part = copy.deepcopy(model)
@@ -50,7 +58,7 @@ def build_stage(model: GPTModel, stage: int, layer_counts: Sequence[int]) -> GPT
             del part.decoder.layers[key]
     is_first, is_last = stage == 0, stage == len(layer_counts) - 1
     if not is_first:
-        part.embedding = nn.Identity()
+        part.embedding = StageInput()
     if not is_last:
         part.decoder.final_layernorm = nn.Identity()
         part.output_layer = nn.Identity()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from nemo_llm.launcher import launch_local
 
 
 class Stage(ABC):
@@ -18,3 +23,18 @@ class Stage(ABC):
     @abstractmethod
     def run(self, cfg: DictConfig) -> dict:
         """Do the work; return a JSON-serialisable summary."""
+
+
+def run_on_devices(worker: Callable[[str], Any], cfg: DictConfig) -> Any:
+    """worker(config as YAML) in this process for one device, else in trainer.devices local processes
+    per node (torchrun-style environment); returns the result of this node's first rank. worker must
+    be importable (a module-level function)."""
+    t = cfg.trainer
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    if t.devices * t.num_nodes == 1:
+        return worker(config_yaml)
+    endpoint = "localhost:0"
+    if t.num_nodes > 1:
+        endpoint = f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '29500')}"
+    results = launch_local(worker, (config_yaml,), t.devices, t.num_nodes, endpoint)
+    return results[min(results)]

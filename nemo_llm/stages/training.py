@@ -8,8 +8,7 @@ import os
 from omegaconf import DictConfig, OmegaConf
 
 from nemo_llm.config import ConfigError
-from nemo_llm.launcher import launch_local
-from nemo_llm.stages.base import Stage
+from nemo_llm.stages.base import Stage, run_on_devices
 from nemo_llm.errors import Preempted
 from nemo_llm.training.checkpoint import CheckpointError, last_checkpoint_path, read_checkpoint_meta
 
@@ -41,16 +40,7 @@ class TrainingStage(Stage):
                 "cluster launcher that sets MASTER_ADDR and MASTER_PORT; locally use trainer.num_nodes=1")
 
     def run(self, cfg: DictConfig) -> dict:
-        t = cfg.trainer
-        if t.devices * t.num_nodes == 1:
-            result = _train_worker(OmegaConf.to_yaml(cfg, resolve=True))
-        else:
-            endpoint = "localhost:0"
-            if t.num_nodes > 1:
-                endpoint = f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '29500')}"
-            results = launch_local(_train_worker, (OmegaConf.to_yaml(cfg, resolve=True),), t.devices, t.num_nodes,
-                                   endpoint)
-            result = results[min(results)]
+        result = run_on_devices(_train_worker, cfg)
         if result["preempted"]:
             raise Preempted(f"stopped by a signal at step {result['steps']}, after saving {result['last_checkpoint']}; "
                             "run the same command with resume=auto to continue")

@@ -6,6 +6,9 @@ Megatron user finds `decoder.layers.3.self_attention.linear_qkv` where they expe
 branches for them and no collectives: tensor, sequence and pipeline parallelism are applied from
 outside (nemo_llm.parallel).
 
+For generation, forward takes a KVCache: the keys and values of earlier tokens are kept, so each
+new token costs one position's work instead of the whole sequence's.
+
 Shapes: b = batch, s = sequence, h = hidden, a = attention heads, g = query groups, d = head dim.
 """
 
@@ -50,6 +53,55 @@ def pad_vocab_size(vocab_size: int, divisible_by: int, tensor_parallel_size: int
     return ((vocab_size + multiple - 1) // multiple) * multiple
 
 
+class KVCache:
+    """Keys and values of the tokens a model has seen, per layer, for incremental decoding.
+
+    Buffers are allocated on a layer's first call from the shapes it produces, so one cache works
+    on a tensor-parallel shard (fewer local heads) or a pipeline stage (fewer layers) unchanged.
+    `length` counts the tokens cached; GPTModel.forward advances it after each call.
+    """
+
+    def __init__(self, max_length: int):
+        self.max_length = max_length
+        self.length = 0
+        self._keys: dict[str, torch.Tensor] = {}
+        self._values: dict[str, torch.Tensor] = {}
+
+    def update(self, layer: str, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append k, v [b, g, n, d] at position `length`; returns the layer's keys and values so far
+        [b, g, length + n, d]."""
+        end = self.length + k.shape[2]
+        if end > self.max_length:
+            raise ValueError(f"KV cache holds {self.max_length} positions; {end} were asked for")
+        if layer not in self._keys:
+            shape = (k.shape[0], k.shape[1], self.max_length, k.shape[3])
+            self._keys[layer] = k.new_empty(shape)
+            self._values[layer] = v.new_empty(shape)
+        keys, values = self._keys[layer], self._values[layer]
+        keys[:, :, self.length:end] = k
+        values[:, :, self.length:end] = v
+        return keys[:, :, :end], values[:, :, :end]
+
+    def for_layer(self, layer: str) -> LayerKVCache:
+        return LayerKVCache(self, layer)
+
+
+@dataclass
+class LayerKVCache:
+    """One layer's view of a KVCache: what its attention reads and appends to."""
+
+    cache: KVCache
+    layer: str
+
+    @property
+    def offset(self) -> int:
+        """Position of the first new token."""
+        return self.cache.length
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cache.update(self.layer, k, v)
+
+
 def build_norm(config: GPTConfig) -> nn.Module:
     if config.normalization == "rmsnorm":
         return nn.RMSNorm(config.hidden_size, eps=config.layernorm_epsilon)
@@ -69,13 +121,26 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [b, s, heads, d] -> same shape, rotated by position."""
-        seq = x.shape[1]
-        cos = self.cos[:seq, None, :].to(x.dtype)
-        sin = self.sin[:seq, None, :].to(x.dtype)
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """x: [b, s, heads, d] at positions offset .. offset + s - 1 -> same shape, rotated by position."""
+        end = offset + x.shape[1]
+        cos = self.cos[offset:end, None, :].to(x.dtype)
+        sin = self.sin[offset:end, None, :].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class NoRotation(nn.Module):
+    """Stands in for RotaryEmbedding when positions are learned embeddings added to the input."""
+
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        return x
+
+
+def causal_mask(queries: int, keys: int, device: torch.device) -> torch.Tensor:
+    """[queries, keys] bool, True where attention is allowed: the queries are the last `queries` of
+    `keys` positions (SDPA's is_causal aligns them to the first ones instead)."""
+    return torch.ones(queries, keys, dtype=torch.bool, device=device).tril(diagonal=keys - queries)
 
 
 class SelfAttention(nn.Module):
@@ -97,24 +162,33 @@ class SelfAttention(nn.Module):
         self.rotary = (
             RotaryEmbedding(self.head_dim, config.max_position_embeddings, config.rotary_base)
             if config.position_embedding_type == "rope"
-            else nn.Identity()
+            else NoRotation()
         )
 
     def core_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q [b, a, s, d], k and v [b, g, s, d] -> [b, a, s, d]. Query heads j*a/g .. (j+1)*a/g - 1 share
-        key/value head j (enable_gqa), so keys and values are never copied per head. A method of its
-        own so that selective recompute can target it."""
+        """q [b, a, s, d], k and v [b, g, t, d] (t >= s: the last s keys are the queries' own positions)
+        -> [b, a, s, d]. Query heads j*a/g .. (j+1)*a/g - 1 share key/value head j (enable_gqa), so
+        keys and values are never copied per head. A method of its own so that selective recompute
+        can target it."""
         dropout = self.attention_dropout if self.training else 0.0
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=True)
+        s, t = q.shape[2], k.shape[2]
+        if s == t:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=True)
+        # Decoding: new queries after cached keys. One query sees every key, so it needs no mask.
+        mask = None if s == 1 else causal_mask(s, t, q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerKVCache | None = None) -> torch.Tensor:
         b, s, _ = x.shape
+        offset = cache.offset if cache is not None else 0
         qkv = self.linear_qkv(x).view(b, s, -1, self.heads_per_group + 2, self.head_dim)
         q, k, v = qkv.split([self.heads_per_group, 1, 1], dim=3)
-        q = self.rotary(q.reshape(b, s, -1, self.head_dim))
-        k = self.rotary(k.squeeze(3))
-        v = v.squeeze(3)
-        y = self.core_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        q = self.rotary(q.reshape(b, s, -1, self.head_dim), offset).transpose(1, 2)
+        k = self.rotary(k.squeeze(3), offset).transpose(1, 2)
+        v = v.squeeze(3).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(k, v)
+        y = self.core_attention(q, k, v)
         return self.linear_proj(y.transpose(1, 2).reshape(b, s, -1))
 
 
@@ -158,8 +232,8 @@ class TransformerLayer(nn.Module):
         self.mlp = SwiGLUMLP(config) if config.activation == "swiglu" else MLP(config)
         self.hidden_dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.hidden_dropout(self.self_attention(self.input_layernorm(x)))
+    def forward(self, x: torch.Tensor, cache: LayerKVCache | None = None) -> torch.Tensor:
+        x = x + self.hidden_dropout(self.self_attention(self.input_layernorm(x), cache))
         return x + self.hidden_dropout(self.mlp(self.pre_mlp_layernorm(x)))
 
 
@@ -176,10 +250,12 @@ class Embedding(nn.Module):
         )
         self.embedding_dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """input_ids [b, s] at positions offset .. offset + s - 1 -> [b, s, h]."""
         x = self.word_embeddings(input_ids)
         if self.position_embeddings is not None:
-            x = x + self.position_embeddings(torch.arange(input_ids.shape[1], device=input_ids.device))
+            positions = torch.arange(offset, offset + input_ids.shape[1], device=input_ids.device)
+            x = x + self.position_embeddings(positions)
         return self.embedding_dropout(x)
 
 
@@ -192,14 +268,17 @@ class TransformerBlock(nn.Module):
         self.layers = nn.ModuleDict({str(i): TransformerLayer(config) for i in range(config.num_layers)})
         self.final_layernorm = build_norm(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers.values():
-            x = layer(x)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        for name, layer in self.layers.items():
+            x = layer(x, cache.for_layer(name)) if cache is not None else layer(x)
         return self.final_layernorm(x)
 
 
 class GPTModel(nn.Module):
-    """input_ids [b, s] (int64) -> logits [b, s, vocab_size] (float)."""
+    """input_ids [b, s] (int64) -> logits [b, s, vocab_size] (float).
+
+    With a KVCache, input_ids are the tokens after the cache.length already seen, and the cache
+    advances by s."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -211,8 +290,12 @@ class GPTModel(nn.Module):
             self.output_layer.weight = self.embedding.word_embeddings.weight
         self.init_weights()
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.output_layer(self.decoder(self.embedding(input_ids)))
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        if cache is None:
+            return self.output_layer(self.decoder(self.embedding(input_ids)))
+        logits = self.output_layer(self.decoder(self.embedding(input_ids, cache.length), cache))
+        cache.length += input_ids.shape[1]
+        return logits
 
     @torch.no_grad()
     def init_weights(self) -> None:
