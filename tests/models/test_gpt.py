@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from nemo_llm.models.gpt import IGNORE_INDEX, GPTConfig, GPTModel, gpt_loss, pad_vocab_size
+from nemo_llm.models.gpt import IGNORE_INDEX, GPTConfig, GPTModel, KVCache, gpt_loss, pad_vocab_size
 
 VARIANTS = {
     "gpt3": {},
@@ -37,6 +37,27 @@ def test_causal_a_future_token_does_not_change_the_past(variant):
     a, b = model(ids), model(changed)
     torch.testing.assert_close(a[:, :8], b[:, :8])
     assert not torch.allclose(a[:, 8:], b[:, 8:])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_kv_cache_gives_the_logits_of_the_full_sequence(variant):
+    torch.manual_seed(0)
+    model = GPTModel(tiny(**VARIANTS[variant])).eval()
+    ids = torch.randint(0, 96, (2, 16))
+    cache = KVCache(max_length=16)
+    # A prefill, a chunk of several tokens after cached ones (needs the offset causal mask), then one at a time.
+    pieces = [model(ids[:, :5], cache), model(ids[:, 5:9], cache)]
+    pieces += [model(ids[:, i:i + 1], cache) for i in range(9, 16)]
+    assert cache.length == 16
+    torch.testing.assert_close(torch.cat(pieces, dim=1), model(ids), atol=1e-5, rtol=1e-5)
+
+
+def test_kv_cache_refuses_to_overflow():
+    model = GPTModel(tiny()).eval()
+    cache = KVCache(max_length=4)
+    model(torch.zeros(1, 3, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="KV cache holds 4 positions; 5 were asked for"):
+        model(torch.zeros(1, 2, dtype=torch.long), cache)
 
 
 def test_module_names_follow_megatron_core():
