@@ -1,6 +1,7 @@
 """Build an InferenceEngine from the run config, in one process or as one of trainer.devices
 workers that share the model at model.tensor_model_parallel_size x pipeline_model_parallel_size
-(the rest is data parallel: replicas that split the requests)."""
+(the rest is data parallel: replicas that split the requests). Weights are cast to the half type
+of trainer.precision (bf16-mixed, 16-mixed), else kept in fp32."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ from omegaconf import DictConfig
 
 from nemo_llm.inference.engine import InferenceEngine
 from nemo_llm.parallel.state import ParallelState, destroy_model_parallel, initialize_model_parallel
+
+
+# Inference keeps the half type a model was trained in (trainer.precision); there are no master weights to keep.
+INFERENCE_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def inference_device(cfg: DictConfig) -> torch.device:
@@ -49,4 +54,5 @@ def engine_from_config(cfg: DictConfig, checkpoint: str | Path, state: ParallelS
     Pipeline stages split the layers as model.pipeline_model_parallel_layer_split says (equal shares
     when null); virtual pipeline chunks and sequence parallelism are training-only."""
     split = cfg.model.pipeline_model_parallel_layer_split
-    return InferenceEngine.load(str(checkpoint), inference_device(cfg), state, list(split) if split else None)
+    return InferenceEngine.load(str(checkpoint), inference_device(cfg), state, list(split) if split else None,
+                                INFERENCE_DTYPES.get(cfg.trainer.precision))

@@ -106,11 +106,14 @@ class InferenceEngine:
 
     @classmethod
     def load(cls, path: str, device: str | torch.device = "cpu", state: ParallelState | None = None,
-             layer_split: Sequence[int] | None = None) -> InferenceEngine:
-        """An engine over anything nemo_llm.load accepts (checkpoint, run directory, HF folder)."""
+             layer_split: Sequence[int] | None = None, dtype: torch.dtype | None = None) -> InferenceEngine:
+        """An engine over anything nemo_llm.load accepts (checkpoint, run directory, HF folder), with its
+        weights cast to dtype when given (bf16 halves memory and doubles speed on GPUs)."""
         from nemo_llm.convert.load import load
 
         model, tokenizer = load(path, device)
+        if dtype is not None:
+            model = model.to(dtype)
         return cls.from_model(model, tokenizer, state, layer_split)
 
     @property
