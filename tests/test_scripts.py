@@ -25,3 +25,12 @@ def test_data_benchmark_runs_at_a_tiny_size(capsys):
     reads = result["sample_reads"]
     assert reads["sample_tokens"] == 2049 and reads["samples"] > 100 and reads["samples_per_s"] > 0
     assert '"sample_reads"' in capsys.readouterr().out
+
+
+def test_generation_benchmark_runs_at_a_tiny_size(capsys):
+    result = load_script("bench_generate").main(["--tiny"])
+    cached, recomputed = result["generation"]
+    assert cached["kv_cache"] and not recomputed["kv_cache"]
+    assert cached["generated_tokens"] == recomputed["generated_tokens"] == 2 * 16
+    assert cached["tokens_per_s"] > 0 and result["scoring"]["scored_tokens"] == 2 * 256
+    assert '"generation"' in capsys.readouterr().out

@@ -50,29 +50,38 @@ class ModelRunner:
         return self.config.max_position_embeddings
 
     @torch.no_grad()
-    def logits(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor | None:
-        """tokens [b, s] -> full-vocabulary logits [b, s, V] on the last pipeline stage, None elsewhere."""
+    def hidden_states(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor | None:
+        """tokens [b, s] -> the final hidden states [b, s, h] on the last pipeline stage, None elsewhere."""
         x = tokens
         if not self.is_first_stage:
             x = torch.empty(*tokens.shape, self.config.hidden_size, dtype=self.dtype, device=self.device)
             dist.recv(x, group=self._pp_group, group_src=self.state.pp_rank - 1)
-        out = self.part(x, cache)
+        out = self.part.hidden_states(x, cache)
         if not self.is_last_stage:
             dist.send(out.contiguous(), group=self._pp_group, group_dst=self.state.pp_rank + 1)
             return None
+        return out
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary logits [b, s, V] from last-stage hidden states [b, s, h]; tensor-parallel
+        shards gather the vocabulary."""
+        out = self.part.output_layer(hidden)
         return out.full_tensor() if isinstance(out, DTensor) else out
 
     @torch.no_grad()
     def token_logprobs(self, tokens: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """log p(targets[:, i] | tokens[:, :i+1]) [b, s] float32, and whether each target is the argmax
         [b, s] bool, on every rank."""
-        logits = self.logits(tokens)
+        hidden = self.hidden_states(tokens)
         logprobs = torch.empty(targets.shape, dtype=torch.float32, device=self.device)
         greedy = torch.empty(targets.shape, dtype=torch.uint8, device=self.device)  # gloo broadcasts no bool
-        if logits is not None:
-            logits = logits.float()
-            logprobs = logits.log_softmax(dim=-1).gather(-1, targets[..., None]).squeeze(-1)
-            greedy = (logits.argmax(dim=-1) == targets).to(torch.uint8)
+        if hidden is not None:
+            # One row at a time: fp32 logits of a whole batch of long sequences would not fit (8 x 2048 x
+            # 50k vocabulary is 3.3 GB, and log_softmax doubles it).
+            for row in range(tokens.shape[0]):
+                logits = self.logits(hidden[row:row + 1]).float()[0]
+                logprobs[row] = logits.log_softmax(dim=-1).gather(-1, targets[row, :, None]).squeeze(-1)
+                greedy[row] = logits.argmax(dim=-1) == targets[row]
         return self._from_last_stage(logprobs), self._from_last_stage(greedy).bool()
 
     @torch.no_grad()
@@ -80,11 +89,11 @@ class ModelRunner:
                    choose: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Run tokens [b, s] (after the cached ones), pick the next token of each row with choose(logits
         [b, V] float32) -> ids [b]; returns (ids [b], their log-probabilities [b]) on every rank."""
-        logits = self.logits(tokens, cache)
+        hidden = self.hidden_states(tokens, cache)
         ids = torch.empty(tokens.shape[0], dtype=torch.long, device=self.device)
         logprobs = torch.empty(tokens.shape[0], dtype=torch.float32, device=self.device)
-        if logits is not None:
-            last = logits[:, -1].float()
+        if hidden is not None:
+            last = self.logits(hidden[:, -1:])[:, 0].float()
             ids = choose(last)
             logprobs = last.log_softmax(dim=-1).gather(-1, ids[:, None]).squeeze(-1)
         return self._from_last_stage(ids), self._from_last_stage(logprobs)

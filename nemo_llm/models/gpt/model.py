@@ -291,11 +291,16 @@ class GPTModel(nn.Module):
         self.init_weights()
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        return self.output_layer(self.hidden_states(input_ids, cache))
+
+    def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """[b, s, h] after the final norm: what the output layer reads. Generation applies the output
+        layer to the last position only, so a long prompt never makes [b, s, vocab] logits."""
         if cache is None:
-            return self.output_layer(self.decoder(self.embedding(input_ids)))
-        logits = self.output_layer(self.decoder(self.embedding(input_ids, cache.length), cache))
+            return self.decoder(self.embedding(input_ids))
+        hidden = self.decoder(self.embedding(input_ids, cache.length), cache)
         cache.length += input_ids.shape[1]
-        return logits
+        return hidden
 
     @torch.no_grad()
     def init_weights(self) -> None:
