@@ -24,11 +24,16 @@ setup(
         "datasets>=2.19",
         "numpy>=1.26",
         "tensorboard>=2.15",
+        # The "nemo_llm" model of lm-evaluation-harness (nemo_llm.evaluation.lm_eval_adapter).
+        "lm-eval[hf]>=0.4.10",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "transformers>=4.40"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5", "transformers>=4.40"],
         # Only to load exported models in transformers; import, export and nemo_llm.load work without it.
         "hf": ["transformers>=4.40"],
+    },
+    entry_points={
+        "console_scripts": ["nemo-llm-lm-eval = nemo_llm.evaluation.lm_eval_cli:main"],
     },
 )

@@ -22,3 +22,19 @@ def load(path: str | Path, device: str = "cpu") -> tuple[GPTModel, Tokenizer | N
     from nemo_llm.convert.load import load as load_model
 
     return load_model(path, device)
+
+
+def _register_lm_eval_model() -> None:
+    """Make `--model nemo_llm` known to lm-eval, which finds models only in its own registry (it has no plugin
+    discovery). Lazy: the adapter, and torch with it, load when lm-eval first asks for the model."""
+    try:
+        # lm-eval adds its own models only while its registry is empty: let it go first.
+        import lm_eval.models  # noqa: F401
+        from lm_eval.api.registry import model_registry
+    except ImportError:  # lm-eval is optional for everything else
+        return
+    if "nemo_llm" not in model_registry:  # already there on a reload
+        model_registry.register("nemo_llm", target="nemo_llm.evaluation.lm_eval_adapter:NemoLLMLM")
+
+
+_register_lm_eval_model()
