@@ -271,6 +271,56 @@ class ConversionConfig:
 
 
 @dataclass
+class PromptTaskConfig:
+    taskname: str = MISSING  # records of this task carry "taskname": <taskname>
+    # <|VIRTUAL_PROMPT_n|> placeholders, {field}s of the record and text; the answer field comes last
+    prompt_template: str = MISSING
+    total_virtual_tokens: int = 10
+    virtual_token_splits: Optional[List[int]] = None  # tokens per placeholder; null: all in placeholder 0
+    answer_field: str = "answer"
+    answer_only_loss: bool = True  # false: loss on every real token of the example
+    truncation_field: Optional[str] = None  # shortened when an example exceeds max_seq_length
+
+
+@dataclass
+class PTuningConfig:
+    encoder_type: str = "mlp"  # mlp | lstm (bidirectional, with an MLP head)
+    encoder_hidden: int = 256
+    num_layers: int = 2
+    dropout: float = 0.0
+
+
+@dataclass
+class PromptDataConfig:
+    # jsonl files, one record per line with a "taskname" field and the template's fields
+    train_ds: Optional[str] = None
+    validation_ds: Optional[str] = None  # also scored for task accuracy after training
+
+
+@dataclass
+class PromptLearningConfig:
+    virtual_prompt_style: str = "p-tuning"  # p-tuning | prompt-tuning
+    # the frozen base checkpoint; null: this run's checkpoints/last.ckpt
+    language_model_path: Optional[str] = None
+    # a prompts.pt of an earlier run whose tasks (existing_tasks) are kept, frozen, next to new_tasks
+    restore_path: Optional[str] = None
+    existing_tasks: List[str] = field(default_factory=list)
+    new_tasks: List[str] = field(default_factory=list)  # tasknames of task_templates learned in this run
+    task_templates: List[PromptTaskConfig] = field(default_factory=list)
+    p_tuning: PTuningConfig = field(default_factory=PTuningConfig)
+    data: PromptDataConfig = field(default_factory=PromptDataConfig)
+    output_dir: str = "${run_dir}/prompt_learning"
+    max_seq_length: Optional[int] = None  # tokens per example; null: the base's max_position_embeddings
+    micro_batch_size: int = 4
+    global_batch_size: int = 8
+    max_steps: int = 100
+    val_check_interval: int = 50
+    limit_val_batches: int = 10
+    eval_limit: int = 0  # validation records scored for accuracy after training; 0: all
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=0.01))
+
+
+@dataclass
 class Config:
     stages: List[str] = field(default_factory=lambda: ["data_preparation", "training", "evaluation"])
     run_name: str = "${model.name}"
@@ -287,3 +337,4 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     conversion: ConversionConfig = field(default_factory=ConversionConfig)
+    prompt_learning: PromptLearningConfig = field(default_factory=PromptLearningConfig)

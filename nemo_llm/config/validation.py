@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nemo_llm.data.blending import DataPrefixError, parse_data_prefix
 from nemo_llm.errors import NemoLLMError
+from nemo_llm.evaluation.tasks import TASK_NAMES
 
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 ACCELERATORS = ("auto", "cpu", "gpu")
@@ -209,6 +210,8 @@ def validate_trainer(cfg: DictConfig) -> None:
     _require(world % model_parallel == 0,
              f"world size trainer.num_nodes x trainer.devices = {world} is not a multiple of "
              f"tensor x pipeline parallel size = {model_parallel}: change the device count or the layout")
+    if "training" not in cfg.stages and "prompt_learning" not in cfg.stages:
+        return  # the batch rules below are about training; evaluation and inference use their own batch_size
     dp = world // model_parallel
     _require(m.global_batch_size % (m.micro_batch_size * dp) == 0,
              f"model.global_batch_size={m.global_batch_size} is not divisible by model.micro_batch_size x "
@@ -246,6 +249,12 @@ def validate_evaluation(e: DictConfig) -> None:
              f"evaluation.perplexity.stride={e.perplexity.stride} must be null (the model's context) or >= 1")
     _require(e.perplexity.max_documents >= 0,
              f"evaluation.perplexity.max_documents={e.perplexity.max_documents} must be >= 0 (0 = all)")
+    _require(bool(e.perplexity.json_key),
+             "evaluation.perplexity.json_key is empty: name the field that holds each document's text")
+    for task in e.tasks:
+        _one_of(task, TASK_NAMES, "evaluation.tasks[]")
+    repeated = sorted({task for task in e.tasks if list(e.tasks).count(task) > 1})
+    _require(not repeated, f"evaluation.tasks lists {', '.join(repeated)} more than once: list each task once")
     validate_sampling(e.generate, "evaluation.generate")
 
 
@@ -257,6 +266,11 @@ def validate_inference(i: DictConfig) -> None:
     _require(s.max_prompts >= 1, f"inference.server.max_prompts={s.max_prompts} must be >= 1")
     _require(s.max_new_tokens >= 1, f"inference.server.max_new_tokens={s.max_new_tokens} must be >= 1")
     _require(s.max_request_bytes >= 1024, f"inference.server.max_request_bytes={s.max_request_bytes} must be >= 1024")
+    _require(i.sampling.max_new_tokens <= s.max_new_tokens,
+             f"inference.sampling.max_new_tokens={i.sampling.max_new_tokens} is above inference.server.max_new_tokens="
+             f"{s.max_new_tokens}, the most a request may ask for: lower the first or raise the second")
+    _require(0 <= i.sampling.seed < 2**32, f"inference.sampling.seed={i.sampling.seed} must be in [0, 2^32)")
+    _require(bool(s.host), "inference.server.host is empty: use 127.0.0.1 (this machine) or 0.0.0.0 (every network)")
 
 
 def validate_data_preparation(d: DictConfig) -> None:
@@ -279,6 +293,45 @@ def validate_conversion(c: DictConfig, stages: list[str]) -> None:
              f"conversion.output={c.output} is conversion.input itself: choose another output folder")
 
 
+PROMPT_STYLES = ("p-tuning", "prompt-tuning")
+PROMPT_ENCODERS = ("mlp", "lstm")
+
+
+def validate_prompt_learning(cfg: DictConfig) -> None:
+    """Only when the prompt_learning stage runs: its tasks, templates and batch sizes."""
+    if "prompt_learning" not in cfg.stages:
+        return
+    p = cfg.prompt_learning
+    _one_of(p.virtual_prompt_style, PROMPT_STYLES, "prompt_learning.virtual_prompt_style")
+    _one_of(p.p_tuning.encoder_type, PROMPT_ENCODERS, "prompt_learning.p_tuning.encoder_type")
+    _positive(p.p_tuning, "prompt_learning.p_tuning", ("encoder_hidden", "num_layers"))
+    _require(p.p_tuning.encoder_type == "lstm" or p.p_tuning.num_layers >= 1,
+             "prompt_learning.p_tuning.num_layers must be at least 1")
+    _require(len(p.new_tasks) > 0, "prompt_learning.new_tasks is empty: name the task_templates to learn, "
+                                   "e.g. prompt_learning.new_tasks=[squad]")
+    names = [t.taskname for t in p.task_templates]
+    for name in list(p.new_tasks) + list(p.existing_tasks):
+        _require(name in names or name in p.existing_tasks,
+                 f"prompt_learning.new_tasks: {name} has no entry in prompt_learning.task_templates")
+        _require("." not in name and ":" not in name, f"prompt_learning task {name}: tasknames cannot hold '.' or ':'")
+    overlap = set(p.new_tasks) & set(p.existing_tasks)
+    _require(not overlap, f"prompt_learning: {', '.join(sorted(overlap))} in both existing_tasks and new_tasks: "
+                          "an existing task is kept as it is, list it once")
+    _require(not p.existing_tasks or p.restore_path is not None,
+             "prompt_learning.existing_tasks needs prompt_learning.restore_path (the prompts.pt that holds them)")
+    _require(p.data.train_ds is not None, "prompt_learning.data.train_ds is not set: give a jsonl file of records")
+    _positive(p, "prompt_learning", ("micro_batch_size", "global_batch_size", "max_steps", "val_check_interval"))
+    dp = data_parallel_size(cfg)
+    _require(p.global_batch_size % (p.micro_batch_size * dp) == 0,
+             f"prompt_learning.global_batch_size={p.global_batch_size} is not a multiple of micro_batch_size x "
+             f"data-parallel size ({p.micro_batch_size} x {dp})")
+    for task in p.task_templates:
+        splits = task.virtual_token_splits
+        _require(splits is None or sum(splits) == task.total_virtual_tokens,
+                 f"prompt_learning.task_templates ({task.taskname}): virtual_token_splits {list(splits or [])} must "
+                 f"sum to total_virtual_tokens={task.total_virtual_tokens}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first key that makes cfg impossible to run."""
     _require(len(cfg.stages) > 0, "stages is empty: list at least one stage, e.g. stages=[training]")
@@ -288,3 +341,4 @@ def validate(cfg: DictConfig) -> None:
     validate_inference(cfg.inference)
     validate_data_preparation(cfg.data_preparation)
     validate_conversion(cfg.conversion, list(cfg.stages))
+    validate_prompt_learning(cfg)

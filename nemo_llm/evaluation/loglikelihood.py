@@ -61,17 +61,18 @@ def loglikelihood(engine: InferenceEngine, requests: Sequence[tuple[Sequence[int
 def rolling_windows(num_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
     """Windows over a document of num_tokens tokens preceded by one start token (position 0), so that
     targets are positions 1 .. num_tokens. Each window is (start, end, first): the model reads
-    positions start .. end - 1 and scores targets first .. end, each target exactly once. With
-    stride == window the windows are disjoint; a smaller stride gives every target at least
-    window - stride tokens of context, at more compute."""
+    positions start .. end - 1 and scores targets first .. end, each target exactly once. The first
+    window scores `window` targets, each later one the next `stride` targets, and every window reads
+    the `window` positions before its end (fewer only at the document's start): with stride ==
+    window the last window of a long document still sees a full context, as in lm-eval; a smaller
+    stride gives every target at least window - stride tokens of context, at more compute."""
     if not 1 <= stride <= window:
         raise ValueError(f"stride {stride} must be between 1 and the window of {window} tokens")
-    windows, scored, start = [], 0, 0
+    windows, scored = [], 0
     while scored < num_tokens:
-        end = min(start + window, num_tokens)
-        windows.append((start, end, scored + 1))
+        end = min(scored + (window if scored == 0 else stride), num_tokens)
+        windows.append((max(0, end - window), end, scored + 1))
         scored = end
-        start += stride
     return windows
 
 

@@ -65,7 +65,9 @@ def build_stage(model: GPTModel, stage: int, layer_counts: Sequence[int]) -> GPT
     elif not is_first and model.config.share_embeddings_and_output_weights:
         # Megatron's tied embeddings across stages: the last stage keeps its own copy of the word
         # embeddings, equal at init; their gradients are summed with the first stage's each step.
-        part.output_layer.weight = nn.Parameter(part.output_layer.weight.detach().clone())
+        # A frozen embedding (prompt learning) stays frozen in its copy.
+        weight = part.output_layer.weight
+        part.output_layer.weight = nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
     return part
 
 

@@ -4,9 +4,12 @@ from nemo_llm.stages.base import Stage
 from nemo_llm.stages.conversion import ConversionStage
 from nemo_llm.stages.data_preparation import DataPreparationStage
 from nemo_llm.stages.evaluation import EvaluationStage
+from nemo_llm.stages.inference import InferenceStage
+from nemo_llm.stages.prompt_learning import PromptLearningStage
 from nemo_llm.stages.training import TrainingStage
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (DataPreparationStage(), TrainingStage(), EvaluationStage(),
-                                                             ConversionStage())}
+                                                             InferenceStage(), ConversionStage(),
+                                                             PromptLearningStage())}
 
 __all__ = ["STAGES", "Stage"]

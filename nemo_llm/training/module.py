@@ -50,12 +50,17 @@ class GPTPretrainModule(pl.LightningModule):
         state = self.trainer.strategy.parallel_state
         num_micro = microbatch_count(self.hparams.global_batch_size, self.hparams.micro_batch_size,
                                      state.data_parallel_size)
-        model = GPTModel(GPTConfig(**self.hparams.gpt_config))  # the same weights on every rank
+        model = self.build_model()  # the same weights on every rank
         # Dropout after that: pipeline stages hold different layers, so they draw different masks
         # (Megatron's seed + 100 x pipeline rank).
         torch.manual_seed(self.hparams.seed + 100 * state.pp_rank)
         self.engine = GPTEngine(model, state, EngineSettings(**(self.hparams.engine or {})), num_micro,
                                 self.trainer.strategy.root_device)
+
+    def build_model(self) -> GPTModel:
+        """The full model to train, before any parallelism (prompt learning overrides it to wrap a
+        frozen base: only parameters with requires_grad reach the optimizer)."""
+        return GPTModel(GPTConfig(**self.hparams.gpt_config))
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.engine, self.hparams.optim)

@@ -23,7 +23,8 @@ def build_optimizer(model: nn.Module, optim: Mapping[str, Any]) -> torch.optim.O
         {"params": decay, "weight_decay": optim["weight_decay"]},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    on_gpu = all(p.is_cuda for p in decay + no_decay)
+    # A pipeline stage of a frozen model may have nothing to train: no fused kernel to pick then.
+    on_gpu = bool(decay + no_decay) and all(p.is_cuda for p in decay + no_decay)
     return torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), eps=optim["eps"],
                              fused=on_gpu or None)
 
