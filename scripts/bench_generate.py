@@ -28,7 +28,7 @@ from nemo_llm.models.gpt import GPTConfig, GPTModel  # noqa: E402
 SHAPES = {
     # gpt_126m: 12 layers, hidden 768, 12 heads, context 2048
     "full": dict(num_layers=12, hidden_size=768, ffn_hidden_size=3072, num_attention_heads=12, vocab_size=50304,
-                 max_position_embeddings=2048, prompt_tokens=128, new_tokens=32, batch=4),
+                 max_position_embeddings=2048, prompt_tokens=128, new_tokens=64, batch=4),
     "tiny": dict(num_layers=2, hidden_size=64, ffn_hidden_size=256, num_attention_heads=4, vocab_size=512,
                  max_position_embeddings=256, prompt_tokens=32, new_tokens=16, batch=2),
 }
