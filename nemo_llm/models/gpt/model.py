@@ -233,7 +233,9 @@ class TransformerLayer(nn.Module):
         self.hidden_dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(self, x: torch.Tensor, cache: LayerKVCache | None = None) -> torch.Tensor:
-        x = x + self.hidden_dropout(self.self_attention(self.input_layernorm(x), cache))
+        # cache by keyword: sequence parallelism's PrepareModuleInput maps positional inputs to layouts, and a
+        # positional None there left a reference to the norm's weight that broke module.to() at teardown.
+        x = x + self.hidden_dropout(self.self_attention(self.input_layernorm(x), cache=cache))
         return x + self.hidden_dropout(self.mlp(self.pre_mlp_layernorm(x)))
 
 
