@@ -5,8 +5,7 @@ import pytest
 from nemo_llm.launcher import launch_local
 from tests.inference.parallel_worker import run
 
-LAYOUTS = {  # name: (tp, pp, processes, model overrides)
-    "tp2": (2, 1, 2, {}),
+LAYOUTS = {  # name: (tp, pp, processes, model overrides); tensor parallelism alone is inside tp2xpp2
     "pp2-llama": (1, 2, 2, dict(normalization="rmsnorm", activation="swiglu", bias=False,
                                 share_embeddings_and_output_weights=False)),
     "tp2xpp2": (2, 2, 4, {}),
