@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from nemo_llm.convert.load import load
 from nemo_llm.evaluation.loglikelihood import encode_pair, loglikelihood, rolling_loglikelihood
-from nemo_llm.inference.engine import InferenceEngine
+from nemo_llm.inference.engine import InferenceEngine, continuation_text
 from nemo_llm.inference.runner import ModelRunner
 from nemo_llm.inference.sampling import SamplingParams
 from nemo_llm.parallel.state import ParallelState, initialize_model_parallel
@@ -41,9 +41,6 @@ logger = logging.getLogger(__name__)
 # so model_args win over them.
 _LM_EVAL_SETTINGS = ("batch_size", "device")
 _GEN_KWARGS = {"until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty"}
-# Prompt tokens decoded in front of the generated ones, so that the continuation's first word keeps the space
-# a tokenizer folds into its first piece (sentencepiece decodes "▁world" alone as "world").
-_DECODE_ANCHOR = 8
 # Requests scored per call to the engine (which sorts them by length): progress shows after each.
 _REQUESTS_PER_STEP_PER_BATCH = 32
 
@@ -207,9 +204,7 @@ class NemoLLMLM(LM):
     def _continuation_text(self, prompt_ids: list[int], generated: list[int], stops: Sequence[str]) -> str:
         if generated and generated[-1] == self.tokenizer.eod_id:
             generated = generated[:-1]
-        anchor = prompt_ids[-_DECODE_ANCHOR:]
-        head, full = self.tokenizer.decode(anchor), self.tokenizer.decode(anchor + generated)
-        text = full[len(head):] if full.startswith(head) else self.tokenizer.decode(generated)
+        text = continuation_text(self.tokenizer, prompt_ids, generated)
         cuts = [i for i in (text.find(stop) for stop in stops) if i >= 0]
         return text[:min(cuts)] if cuts else text
 

@@ -261,10 +261,7 @@ class InferenceEngine:
         return TokenEvent(row.index, token, delta, logprob if params.logprobs else None, row.finish_reason)
 
     def _continuation(self, row: _Row) -> str:
-        anchor = row.prompt_ids[-_DECODE_ANCHOR:]
-        head = self.tokenizer.decode(anchor)
-        full = self.tokenizer.decode(anchor + row.generated)
-        return full[len(head):] if full.startswith(head) else self.tokenizer.decode(row.generated)
+        return continuation_text(self.tokenizer, row.prompt_ids, row.generated)
 
     # --- data parallel -------------------------------------------------------------------------------
 
@@ -279,6 +276,15 @@ class InferenceEngine:
         for rank, part in enumerate(gathered):
             results[rank::self._dp_size] = part
         return results
+
+
+def continuation_text(tokenizer: Tokenizer, prompt_ids: Sequence[int], generated: Sequence[int]) -> str:
+    """The text generated ids add after a prompt, decoded behind the prompt's last tokens so that a
+    space the tokenizer folds into the first generated piece is kept."""
+    anchor = list(prompt_ids[-_DECODE_ANCHOR:])
+    head = tokenizer.decode(anchor)
+    full = tokenizer.decode(anchor + list(generated))
+    return full[len(head):] if full.startswith(head) else tokenizer.decode(list(generated))
 
 
 def _choose(logits: torch.Tensor, vocab_size: int | None, **sampling) -> torch.Tensor:
