@@ -195,10 +195,14 @@ class InferenceEngine:
     def _rows(self, prompts: list[tuple[int, str]], params: SamplingParams) -> list[_Row]:
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer: text generation needs one (see nemo_llm.load)")
-        # An empty prompt starts from end-of-document, the state the model saw at every document start.
-        rows = [_Row(i, p, self.tokenizer.encode(p) or [self.tokenizer.eod_id]) for i, p in prompts]
+        rows = [_Row(i, p, self.encode_prompt(p)) for i, p in prompts]
         self._check_fits(rows, params)
         return rows
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """The token ids generation starts from. An empty prompt starts from end-of-document, the state
+        the model saw at every document start."""
+        return self.tokenizer.encode(prompt) or [self.tokenizer.eod_id]
 
     def _check_fits(self, rows: list[_Row], params: SamplingParams) -> None:
         for i, row in enumerate(rows):

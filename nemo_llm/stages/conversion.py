@@ -11,7 +11,7 @@ from nemo_llm.config import ConfigError
 from nemo_llm.convert import export_hf, import_hf, load
 from nemo_llm.convert.hf import MODEL_INFO_FILE
 from nemo_llm.stages.base import Stage
-from nemo_llm.training.checkpoint import last_checkpoint_path
+from nemo_llm.training.checkpoint import checkpoint_or_last
 
 
 class ConversionStage(Stage):
@@ -33,7 +33,7 @@ class ConversionStage(Stage):
             print(f"imported {c.input} into {checkpoint}; evaluate it with evaluation.checkpoint={checkpoint} "
                   f"(model.tokenizer: see {checkpoint.parent / MODEL_INFO_FILE})", flush=True)
             return {"direction": c.direction, "input": str(c.input), "checkpoint": str(checkpoint)}
-        source = Path(c.input) if c.input else last_checkpoint_path(run_dir)
+        source = checkpoint_or_last(c.input, run_dir)
         model, tokenizer = load(source)
         # load() already dropped the vocabulary padding where the vocabulary is known.
         out_dir = export_hf(model, c.output or run_dir / "hf", tokenizer, vocab_size=model.config.vocab_size)

@@ -34,7 +34,8 @@ from nemo_llm.inference.distributed import engine_from_config, model_parallel
 from nemo_llm.inference.engine import InferenceEngine
 from nemo_llm.inference.sampling import SamplingParams
 from nemo_llm.stages.base import Stage, run_on_devices
-from nemo_llm.training.checkpoint import CheckpointError, last_checkpoint_path, read_checkpoint_meta
+from nemo_llm.training.checkpoint import (CheckpointError, checkpoint_or_last, last_checkpoint_path,
+                                          read_checkpoint_meta)
 
 EVAL_FILE = "eval.json"
 
@@ -49,11 +50,6 @@ class EvaluationInputs:
 
     documents: list[str] = field(default_factory=list)
     tasks: list[TaskData] = field(default_factory=list)
-
-
-def checkpoint_path(cfg: DictConfig) -> Path:
-    """evaluation.checkpoint, or the training stage's last checkpoint in run_dir."""
-    return Path(cfg.evaluation.checkpoint or last_checkpoint_path(cfg.run_dir))
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -92,14 +88,10 @@ def _check_engine(cfg: DictConfig, engine: InferenceEngine, checkpoint: Path) ->
     if stride is not None and stride > engine.max_sequence_length:
         raise EvaluationError(f"evaluation.perplexity.stride={stride} exceeds the model's context of "
                               f"{engine.max_sequence_length} tokens: lower it or set it to null")
-    prompt_tokens = _prompt_tokens(engine, cfg.evaluation.generate.prompt)
+    prompt_tokens = len(engine.encode_prompt(cfg.evaluation.generate.prompt))
     if prompt_tokens >= engine.max_sequence_length:
         raise EvaluationError(f"evaluation.generate.prompt has {prompt_tokens} tokens, which fill the model's context "
                               f"of {engine.max_sequence_length}: shorten it")
-
-
-def _prompt_tokens(engine: InferenceEngine, prompt: str) -> int:
-    return max(1, len(engine.tokenizer.encode(prompt)))  # an empty prompt starts from end-of-document
 
 
 def _held_out_perplexity(cfg: DictConfig, engine: InferenceEngine, log: Log) -> dict[str, Any]:
@@ -139,7 +131,7 @@ def _sample(cfg: DictConfig, engine: InferenceEngine, log: Log) -> dict[str, Any
     """A continuation of evaluation.generate.prompt; max_new_tokens is cut to what fits the context."""
     g = OmegaConf.to_container(cfg.evaluation.generate, resolve=True)
     prompt = g.pop("prompt")
-    g["max_new_tokens"] = min(g["max_new_tokens"], engine.max_sequence_length - _prompt_tokens(engine, prompt))
+    g["max_new_tokens"] = min(g["max_new_tokens"], engine.max_sequence_length - len(engine.encode_prompt(prompt)))
     generation = engine.generate([prompt], SamplingParams(**g))[0]
     log(f"sample: {prompt + generation.text!r}")
     return {"prompt": prompt, "text": prompt + generation.text, "continuation": generation.text,
@@ -150,7 +142,7 @@ def evaluation_worker(config_yaml: str, inputs: EvaluationInputs) -> dict:
     """Everything evaluation computes, on one rank; global rank 0 writes eval.json and prints the table."""
     cfg = OmegaConf.create(config_yaml)
     e, m = cfg.evaluation, cfg.model
-    checkpoint = checkpoint_path(cfg)
+    checkpoint = checkpoint_or_last(cfg.evaluation.checkpoint, cfg.run_dir)
     with model_parallel(cfg) as state:
         is_writer = state is None or dist.get_rank() == 0
         log: Log = partial(print, flush=True) if is_writer else (lambda _: None)
@@ -188,7 +180,7 @@ class EvaluationStage(Stage):
 
     def run(self, cfg: DictConfig) -> dict:
         e = cfg.evaluation
-        checkpoint = checkpoint_path(cfg)
+        checkpoint = checkpoint_or_last(cfg.evaluation.checkpoint, cfg.run_dir)
         if not checkpoint.exists():
             raise CheckpointError(f"{checkpoint}: no checkpoint there; run the training stage or set "
                                   "evaluation.checkpoint")

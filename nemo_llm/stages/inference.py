@@ -19,16 +19,11 @@ from nemo_llm.config import ConfigError
 from nemo_llm.config.validation import data_parallel_size
 from nemo_llm.errors import NemoLLMError
 from nemo_llm.stages.base import Stage, run_on_devices
-from nemo_llm.training.checkpoint import last_checkpoint_path
+from nemo_llm.training.checkpoint import checkpoint_or_last
 
 
 class InferenceError(NemoLLMError):
     """The checkpoint cannot generate text."""
-
-
-def checkpoint_path(cfg: DictConfig) -> Path:
-    """inference.checkpoint, or this run's last training checkpoint when it is null."""
-    return Path(cfg.inference.checkpoint or last_checkpoint_path(cfg.run_dir))
 
 
 def read_prompts(i: DictConfig) -> list[str]:
@@ -60,7 +55,7 @@ def read_prompts(i: DictConfig) -> list[str]:
 def _check_lengths(engine, prompts: list[str], max_new_tokens: int) -> None:
     """Refuse, before generating anything, a prompt that leaves no room for max_new_tokens."""
     for number, prompt in enumerate(prompts):
-        tokens = len(engine.tokenizer.encode(prompt)) or 1  # an empty prompt starts from end-of-document
+        tokens = len(engine.encode_prompt(prompt))
         if tokens + max_new_tokens > engine.max_sequence_length:
             shown = prompt if len(prompt) <= 40 else prompt[:40] + "..."
             raise InferenceError(f"prompt {number} ({shown!r}) has {tokens} tokens; with inference.sampling."
@@ -120,7 +115,7 @@ def _inference_worker(config_yaml: str) -> dict | None:
     from nemo_llm.inference.distributed import engine_from_config, model_parallel
 
     cfg = OmegaConf.create(config_yaml)
-    checkpoint = checkpoint_path(cfg)
+    checkpoint = checkpoint_or_last(cfg.inference.checkpoint, cfg.run_dir)
     with model_parallel(cfg) as state:
         engine = engine_from_config(cfg, checkpoint, state)
         if engine.tokenizer is None:
@@ -159,7 +154,7 @@ class InferenceStage(Stage):
             if not Path(i.prompts_file).is_file():
                 raise ConfigError(f"inference.prompts_file={i.prompts_file}: no such file")
             read_prompts(i)  # a malformed line fails now, before any stage runs
-        checkpoint = checkpoint_path(cfg)
+        checkpoint = checkpoint_or_last(cfg.inference.checkpoint, cfg.run_dir)
         if i.checkpoint and not checkpoint.exists():
             raise ConfigError(f"inference.checkpoint={i.checkpoint}: no such file or directory")
         if not i.checkpoint and "training" not in cfg.stages and not checkpoint.exists():

@@ -30,6 +30,11 @@ def last_checkpoint_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
 
 
+def checkpoint_or_last(path: str | Path | None, run_dir: str | Path) -> Path:
+    """path when a stage's config names one, else the training stage's last checkpoint in run_dir."""
+    return Path(path) if path else last_checkpoint_path(run_dir)
+
+
 class CheckpointError(NemoLLMError, ValueError):
     """A checkpoint that is missing, truncated, of another model, or not one of ours."""
 
