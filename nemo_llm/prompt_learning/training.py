@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nemo_llm.models.gpt import GPTModel

@@ -17,26 +17,9 @@ from nemo_llm.stages import STAGES
 from nemo_llm.stages.inference import read_prompts
 from nemo_llm.training.checkpoint import last_checkpoint_path
 from tests.conftest import run_main
-from tests.inference.test_server import (
-    PROMPTS,
-    TINY_MODEL,
-    one_thread,  # noqa: F401 (the fixture, for this module too)
-    start_server,
-    stop_server,
-    write_tiny_run,
-)
+from tests.inference.serving import PROMPTS, TINY_MODEL, start_server, stop_server
 
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return write_tiny_run(tmp_path_factory.mktemp("stage") / "run")
-
-
-@pytest.fixture(scope="module")
-def engine(run_dir):
-    from nemo_llm.inference import InferenceEngine
-
-    return InferenceEngine.load(str(run_dir))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(tmp_path, *overrides):

@@ -7,8 +7,7 @@ import torch.nn.functional as F
 
 from nemo_llm.inference import SamplingParams
 from nemo_llm.prompt_learning.inference import prompt_engine, task_accuracy
-from nemo_llm.prompt_learning.prompts import (PromptFileError, add_task, attach_prompts, bake, base_fingerprint,
-                                              read_prompt_file, virtual_tokens)
+from nemo_llm.prompt_learning.prompts import (PromptFileError, add_task, attach_prompts, bake, read_prompt_file, virtual_tokens)
 from nemo_llm.prompt_learning.templates import PromptTokenizer, TaskTemplate
 from nemo_llm.prompt_learning.training import fit_prompts
 from nemo_llm.tokenizers.byte import ByteTokenizer
