@@ -3,6 +3,11 @@
 Uses torch.distributed's elastic agent (what torchrun runs), so each worker gets RANK, LOCAL_RANK,
 WORLD_SIZE, MASTER_ADDR and MASTER_PORT, and a worker that fails stops the others. On several
 nodes, every node runs the same launch with the same rendezvous endpoint (rdzv_endpoint).
+
+Importing torch, Lightning and the engine costs each process several seconds of CPU. On machines
+without GPUs the workers are forked from a fork server that has imported them once; with GPUs they
+are spawned, since a library that asks CUDA for its devices at import time would leave every forked
+worker unable to use CUDA.
 """
 
 from __future__ import annotations
@@ -22,12 +27,38 @@ class LaunchError(NemoLLMError):
     """A worker process failed; the message carries the first failure."""
 
 
-def _limit_threads(fn: Callable, nproc_per_node: int, args: tuple) -> Any:
+# Imported once by the fork server, so forked workers start with them loaded.
+PRELOAD = ["torch", "torch.distributed.checkpoint", "pytorch_lightning", "nemo_llm.training.pretrain"]
+# What the elastic agent sets per worker; everything else comes from the launching process.
+_WORKER_ENV = {"LOCAL_RANK", "RANK", "GROUP_RANK", "ROLE_RANK", "ROLE_NAME", "LOCAL_WORLD_SIZE", "WORLD_SIZE",
+               "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCH_NCCL_ASYNC_ERROR_HANDLING",
+               "NCCL_ASYNC_ERROR_HANDLING", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES"}
+
+
+def _worker(fn: Callable, nproc_per_node: int, env: dict[str, str], cwd: str, args: tuple) -> Any:
+    # A forked worker inherits the fork server's environment and directory, which date from the
+    # first launch of this process; a spawned one would see the launcher's as they are now.
+    own = {k: v for k, v in os.environ.items() if k in _WORKER_ENV or k.startswith("TORCHELASTIC_")}
+    os.environ.clear()
+    os.environ.update(env)
+    os.environ.update(own)
+    os.chdir(cwd)
     # Like torchrun: N processes each using every core would oversubscribe the CPU.
     import torch
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc_per_node))
     return fn(*args)
+
+
+def _start_method() -> str:
+    import multiprocessing
+
+    import torch
+
+    if torch.cuda.is_available():
+        return "spawn"
+    multiprocessing.set_forkserver_preload(["__main__", *PRELOAD])
+    return "forkserver"
 
 
 def launch_local(fn: Callable, args: tuple, nproc_per_node: int, num_nodes: int = 1,
@@ -43,10 +74,10 @@ def launch_local(fn: Callable, args: tuple, nproc_per_node: int, num_nodes: int 
         rdzv_endpoint=rdzv_endpoint,
         max_restarts=0,
         monitor_interval=0.1,
-        start_method="spawn",
+        start_method=_start_method(),
     )
     try:
-        return elastic_launch(config, _limit_threads)(fn, nproc_per_node, args)
+        return elastic_launch(config, _worker)(fn, nproc_per_node, dict(os.environ), os.getcwd(), args)
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         message = failure.message
