@@ -23,6 +23,9 @@ def build_optimizer(model: nn.Module, optim: Mapping[str, Any]) -> torch.optim.O
         {"params": decay, "weight_decay": optim["weight_decay"]},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    # An empty group breaks restoring a checkpoint's optimizer state by parameter name (a prompt table
+    # has no 1-D parameter); a stage with nothing to train keeps one empty group, as AdamW needs one.
+    groups = [g for g in groups if g["params"]] or groups[:1]
     # A pipeline stage of a frozen model may have nothing to train: no fused kernel to pick then.
     on_gpu = bool(decay + no_decay) and all(p.is_cuda for p in decay + no_decay)
     return torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), eps=optim["eps"],

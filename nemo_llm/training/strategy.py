@@ -93,8 +93,7 @@ class MegatronStrategy(DDPStrategy):
 
     def optimizer_state(self, optimizer) -> dict[str, Any]:
         """Optimizer state flattened per parameter and keyed by the full model's parameter names."""
-        return _full_model_names(get_optimizer_state_dict(self.lightning_module.engine, optimizer,
-                                                          options=_OPTIM_OPTIONS))
+        return _full_model_names(_engine_optimizer_state(self.lightning_module.engine, optimizer))
 
     # Saving -----------------------------------------------------------------------------------
 
@@ -167,7 +166,7 @@ class MegatronStrategy(DDPStrategy):
         meta = read_checkpoint_meta(path)
         model_state = self.lightning_module_state_dict()
         engine, optimizer = self.lightning_module.engine, self.optimizers[0]
-        own = get_optimizer_state_dict(engine, optimizer, options=_OPTIM_OPTIONS)  # the engine's names
+        own = _engine_optimizer_state(engine, optimizer)  # the engine's names
         optim_state = _full_model_names(own)
         available = check_checkpoint_shapes(path, model_state)
         aliases = _tied_output_aliases(optim_state, available)
@@ -176,8 +175,9 @@ class MegatronStrategy(DDPStrategy):
         load_dcp(path, request)
         loaded = request["optimizer_states"][0]
         optim_state = {k: loaded[aliases.get(k, k)] for k in optim_state}
-        set_optimizer_state_dict(engine, optimizer, {key: optim_state[_OPTIM_PART.sub("", key)] for key in own},
-                                 options=_OPTIM_OPTIONS)
+        if own:
+            set_optimizer_state_dict(engine, optimizer, {key: optim_state[_OPTIM_PART.sub("", key)] for key in own},
+                                     options=_OPTIM_OPTIONS)
         meta["state_dict"], meta["optimizer_states"] = model_state, [optim_state]
         return meta
 
@@ -186,6 +186,14 @@ class MegatronStrategy(DDPStrategy):
 
     def load_optimizer_state_dict(self, checkpoint) -> None:
         """Done in load_checkpoint, by parameter name."""
+
+
+def _engine_optimizer_state(engine, optimizer) -> dict[str, Any]:
+    """The flattened optimizer state under the engine's names; {} on a rank with nothing to train (a
+    pipeline stage of a frozen base in prompt learning), where torch's helper refuses an empty state."""
+    if not any(group["params"] for group in optimizer.param_groups):
+        return {}
+    return get_optimizer_state_dict(engine, optimizer, options=_OPTIM_OPTIONS)
 
 
 def _full_model_names(optimizer_state: dict[str, Any]) -> dict[str, Any]:
