@@ -28,7 +28,7 @@ from nemo_llm.prompt_learning.prompts import (add_task, attach_prompts, bake, ba
                                               read_prompt_file, save_prompt_file, virtual_tokens)
 from nemo_llm.prompt_learning.templates import PromptTokenizer, TaskTemplate, VirtualTokens
 from nemo_llm.tokenizers import build_tokenizer
-from nemo_llm.training.checkpoint import load_model_from_checkpoint, read_checkpoint_meta
+from nemo_llm.training.checkpoint import last_checkpoint_path, load_model_from_checkpoint, read_checkpoint_meta
 from nemo_llm.training.module import GPTPretrainModule
 
 PROMPTS_FILE = "prompts.pt"
@@ -101,10 +101,21 @@ def prompt_learning_settings(cfg: DictConfig) -> dict[str, Any]:
 
 
 def base_checkpoint_path(cfg: DictConfig) -> Path:
-    from nemo_llm.training.checkpoint import last_checkpoint_path
-
     path = cfg.prompt_learning.language_model_path
     return Path(path) if path is not None else last_checkpoint_path(cfg.run_dir)
+
+
+def prompt_resume_checkpoint(cfg: DictConfig) -> Path | None:
+    """Where prompt learning continues from: with resume set (auto, or a path of the training stage's),
+    the latest complete checkpoint in <output_dir>/checkpoints, or resume itself when it lies there."""
+    from nemo_llm.training.checkpoint import CHECKPOINT_DIR, find_latest_checkpoint
+
+    if cfg.resume is None:
+        return None
+    directory = Path(cfg.prompt_learning.output_dir) / CHECKPOINT_DIR
+    if cfg.resume != "auto" and Path(cfg.resume).resolve().parent == directory.resolve():
+        return Path(cfg.resume)
+    return find_latest_checkpoint(directory)
 
 
 def prompt_vocabulary(settings: dict[str, Any], first_virtual_id: int) -> VirtualTokens:
@@ -125,7 +136,7 @@ def train_prompts(cfg: DictConfig) -> dict[str, Any]:
 def fit_prompts(cfg: DictConfig) -> tuple[PromptLearningModule, dict[str, Any]]:
     """train_prompts, also returning the trained module (its engine holds this rank's parts)."""
     from nemo_llm.training.callbacks import StepMetrics
-    from nemo_llm.training.pretrain import build_trainer, engine_settings
+    from nemo_llm.training.pretrain import build_trainer, checkpoint_callbacks, engine_settings
 
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
@@ -160,16 +171,22 @@ def fit_prompts(cfg: DictConfig) -> tuple[PromptLearningModule, dict[str, Any]]:
                                                                    gpt_config["vocab_size"]),
                           world_size=t.devices * t.num_nodes, peak_tflops_per_device=t.peak_tflops_per_device or 1.0,
                           log_every_n_steps=t.log_every_n_steps, print_lines=not cfg.training.progress_bar)
-    trainer = build_trainer(trainer_cfg, [metrics], data.validation is not None)
-    trainer.fit(module, datamodule=data)
-    trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    preemption, checkpointing = checkpoint_callbacks(cfg.training.checkpoint, out_dir, data.validation is not None)
+    trainer = build_trainer(trainer_cfg, [metrics, *checkpointing], data.validation is not None)
+    resume_from = prompt_resume_checkpoint(cfg)
+    if resume_from is not None:
+        print(f"prompt learning: resuming from {resume_from}", flush=True)
+    trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
+    summary = {"preempted": preemption.preempted, "steps": trainer.global_step, "tasks": list(module.tasks),
+               "train_examples": len(train), "dropped_examples": train.dropped,
+               "final_loss": float(module.step_metrics["loss"]) if module.step_metrics else None}
+    if preemption.preempted:  # last.ckpt holds the state to continue from; no prompt files yet
+        return module, summary
+    trainer.save_checkpoint(last_checkpoint_path(out_dir), weights_only=False)
 
     prompts = module.prompt_file()
     if trainer.is_global_zero:  # global rank 0 holds the first pipeline stage
         save_prompt_file(prompts, out_dir / PROMPTS_FILE)
         save_prompt_file(bake(prompts), out_dir / TABLE_FILE)
     trainer.strategy.barrier("prompt_files_written")
-    return module, {"steps": trainer.global_step, "tasks": list(module.tasks), "train_examples": len(train),
-            "dropped_examples": train.dropped,
-            "final_loss": float(module.step_metrics["loss"]) if module.step_metrics else None,
-            "prompts": str(out_dir / PROMPTS_FILE), "prompt_table": str(out_dir / TABLE_FILE)}
+    return module, {**summary, "prompts": str(out_dir / PROMPTS_FILE), "prompt_table": str(out_dir / TABLE_FILE)}

@@ -76,6 +76,23 @@ def engine_settings(cfg: DictConfig) -> EngineSettings:
     )
 
 
+def checkpoint_callbacks(ckpt: DictConfig, run_dir: Path, has_validation: bool) -> tuple[Preemption, list]:
+    """(the preemption handler, every checkpointing callback) of training.checkpoint for run_dir/checkpoints:
+    periodic saves, the best by validation loss, last.ckpt on SIGTERM/SIGUSR1."""
+    checkpoint_dir = run_dir / CHECKPOINT_DIR
+    preemption = Preemption(last_checkpoint_path(run_dir))
+    # Monitoring "step" keeps the newest save_last_k of the periodic checkpoints.
+    callbacks = [ModelCheckpoint(dirpath=checkpoint_dir, filename="step{step}", auto_insert_metric_name=False,
+                                 every_n_train_steps=ckpt.every_n_train_steps, monitor="step", mode="max",
+                                 save_top_k=ckpt.save_last_k),
+                 preemption]
+    if has_validation and ckpt.save_top_k > 0:
+        callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, filename="best-step{step}-val_loss{val_loss:.4f}",
+                                         auto_insert_metric_name=False, monitor="val_loss", mode="min",
+                                         save_top_k=ckpt.save_top_k))
+    return preemption, callbacks
+
+
 def resume_checkpoint(cfg: DictConfig) -> Path | None:
     """The checkpoint `resume` names: auto, the latest complete one in run_dir (None if there is none)."""
     if cfg.resume is None:
@@ -128,23 +145,9 @@ def pretrain(cfg: DictConfig) -> dict:
         log_every_n_steps=t.log_every_n_steps,
         print_lines=not cfg.training.progress_bar,
     )
-    ckpt = cfg.training.checkpoint
-    checkpoint_dir = run_dir / CHECKPOINT_DIR
-    preemption = Preemption(last_checkpoint_path(run_dir))
-    callbacks = [
-        metrics,
-        # Monitoring "step" keeps the newest save_last_k of the periodic checkpoints.
-        ModelCheckpoint(dirpath=checkpoint_dir, filename="step{step}", auto_insert_metric_name=False,
-                        every_n_train_steps=ckpt.every_n_train_steps, monitor="step", mode="max",
-                        save_top_k=ckpt.save_last_k),
-        preemption,
-    ]
     has_validation = data.has_validation
-    if has_validation and ckpt.save_top_k > 0:
-        callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, filename="best-step{step}-val_loss{val_loss:.4f}",
-                                         auto_insert_metric_name=False, monitor="val_loss", mode="min",
-                                         save_top_k=ckpt.save_top_k))
-    trainer = build_trainer(cfg, callbacks, has_validation)
+    preemption, checkpointing = checkpoint_callbacks(cfg.training.checkpoint, run_dir, has_validation)
+    trainer = build_trainer(cfg, [metrics, *checkpointing], has_validation)
     resume_from = resume_checkpoint(cfg)
     if resume_from is not None:
         print(f"resuming from {resume_from}", flush=True)
