@@ -219,6 +219,15 @@ class PerplexityConfig:
 
 
 @dataclass
+class PromptTasksConfig:
+    # jsonl records with a "taskname" and the template's fields; answers checked against the answer
+    # field (or an "answers" list, as SQuAD records carry)
+    data: Optional[str] = "${prompt_learning.data.validation_ds}"
+    limit: int = 0  # records per task; 0: all
+    max_new_tokens: int = 32
+
+
+@dataclass
 class EvaluationConfig:
     # null: the training stage's last checkpoint in run_dir; else anything nemo_llm.load accepts
     checkpoint: Optional[str] = None
@@ -236,6 +245,10 @@ class EvaluationConfig:
     data_dir: Optional[str] = None
     batch_size: int = 8  # sequences per forward pass
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    # Learned prompts (prompt_learning's prompt_table.pt or prompts.pt): the model runs with them and
+    # their tasks are scored on prompt_tasks.data; checkpoint null then means the base they name
+    prompt_table: Optional[str] = None
+    prompt_tasks: PromptTasksConfig = field(default_factory=PromptTasksConfig)
 
 
 @dataclass
@@ -258,6 +271,10 @@ class InferenceConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     serve: bool = False  # run the REST server (until interrupted) instead of generating for prompts
     server: ServerConfig = field(default_factory=ServerConfig)
+    # Learned prompts (prompt_table.pt or prompts.pt): prompts may then hold <|task:VIRTUAL_PROMPT_n|>;
+    # checkpoint null then means the base they name
+    prompt_table: Optional[str] = None
+    default_task: Optional[str] = None  # the task of placeholders written without a task name
 
 
 @dataclass
@@ -291,10 +308,20 @@ class PTuningConfig:
 
 
 @dataclass
+class SquadSourceConfig:
+    dataset: str = "squad"  # Hugging Face dataset id, for a split whose file below is null
+    train_file: Optional[str] = None  # a local SQuAD .json (v1.1/v2.0) or .jsonl in the hub's columns
+    validation_file: Optional[str] = None
+    taskname: str = "squad"
+
+
+@dataclass
 class PromptDataConfig:
     # jsonl files, one record per line with a "taskname" field and the template's fields
     train_ds: Optional[str] = None
     validation_ds: Optional[str] = None  # also scored for task accuracy after training
+    # SQuAD converted into train_ds / validation_ds when those files do not exist yet; null: no conversion
+    squad: Optional[SquadSourceConfig] = None
 
 
 @dataclass

@@ -55,9 +55,14 @@ def _load_hf(hf_dir: Path, device: str | torch.device) -> tuple[GPTModel, Tokeni
     return model.to(device).eval(), tokenizer_or_warn(hf.tokenizer, hf_dir)
 
 
+def checkpoint_tokenizer(checkpoint: str | Path) -> Tokenizer | None:
+    """The tokenizer that goes with a checkpoint of ours (None, with a warning, when none does)."""
+    return tokenizer_or_warn(_tokenizer_settings(Path(checkpoint)), Path(checkpoint))
+
+
 def _load_checkpoint(checkpoint: Path, device: str | torch.device) -> tuple[GPTModel, Tokenizer | None]:
     model, _ = load_model_from_checkpoint(checkpoint, map_location=device)
-    tokenizer = tokenizer_or_warn(_tokenizer_settings(checkpoint), checkpoint)
+    tokenizer = checkpoint_tokenizer(checkpoint)
     vocab_size = checkpoint_vocab_size(checkpoint) or (tokenizer.vocab_size if tokenizer is not None else None)
     if vocab_size is not None and vocab_size < model.config.vocab_size:
         drop_vocab_padding(model, vocab_size)

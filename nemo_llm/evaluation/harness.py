@@ -119,6 +119,7 @@ def evaluate_tasks(engine: InferenceEngine, tasks: Sequence[TaskData], batch_siz
 SPLIT_METRICS = ("loss", "perplexity")
 DOCUMENT_METRICS = ("token_perplexity", "word_perplexity", "bits_per_byte")
 TASK_METRICS = ("acc", "acc_norm", "perplexity")
+PROMPT_TASK_METRICS = ("accuracy", "exact_match", "f1")  # of learned-prompt tasks (nemo_llm.prompt_learning)
 
 
 def table_rows(results: dict) -> list[tuple[str, str, float, float | None, int]]:
@@ -133,6 +134,8 @@ def table_rows(results: dict) -> list[tuple[str, str, float, float | None, int]]
         rows += [("documents", m, documents[m], None, documents["documents"]) for m in DOCUMENT_METRICS]
     for name, metrics in results.get("tasks", {}).items():
         rows += [(name, m, metrics[m], metrics.get(f"{m}_stderr"), metrics["n"]) for m in TASK_METRICS if m in metrics]
+    for name, metrics in results.get("prompt_tasks", {}).items():
+        rows += [(f"{name} (prompts)", m, metrics[m], None, metrics["examples"]) for m in PROMPT_TASK_METRICS]
     return rows
 
 

@@ -49,10 +49,42 @@ def model_parallel(cfg: DictConfig) -> Iterator[ParallelState | None]:
         dist.destroy_process_group()
 
 
-def engine_from_config(cfg: DictConfig, checkpoint: str | Path, state: ParallelState | None) -> InferenceEngine:
-    """Load checkpoint (anything nemo_llm.load accepts) and spread it over state's layout.
-    Pipeline stages split the layers as model.pipeline_model_parallel_layer_split says (equal shares
-    when null); virtual pipeline chunks and sequence parallelism are training-only."""
+def stage_checkpoint(section: DictConfig, run_dir: str) -> Path:
+    """The model an inference or evaluation section names: its checkpoint; when that is null, the base
+    of its prompt_table if it has one, else the training stage's last checkpoint in run_dir."""
+    from nemo_llm.training.checkpoint import checkpoint_or_last
+
+    if section.checkpoint is None and section.get("prompt_table"):
+        from nemo_llm.prompt_learning.inference import prompt_base
+
+        return prompt_base(section.prompt_table)
+    return checkpoint_or_last(section.checkpoint, run_dir)
+
+
+def check_prompt_table(cfg: DictConfig, key: str) -> None:
+    """ConfigError when cfg.<key>.prompt_table (inference or evaluation) is set, missing, and not made by a
+    prompt_learning stage earlier in the run."""
+    from nemo_llm.config import ConfigError
+
+    table = cfg[key].get("prompt_table")
+    earlier = list(cfg.stages)[:list(cfg.stages).index(key)] if key in cfg.stages else []
+    if table and not Path(table).is_file() and "prompt_learning" not in earlier:
+        raise ConfigError(f"{key}.prompt_table={table}: no such file; run the prompt_learning stage first or give "
+                          "the prompt_table.pt it wrote")
+
+
+def engine_from_config(cfg: DictConfig, checkpoint: str | Path, state: ParallelState | None,
+                       prompt_table: str | None = None, default_task: str | None = None) -> InferenceEngine:
+    """Load checkpoint (anything nemo_llm.load accepts; with a prompt_table, the base checkpoint the
+    prompts were learned on) and spread it over state's layout. Pipeline stages split the layers as
+    model.pipeline_model_parallel_layer_split says (equal shares when null); virtual pipeline chunks
+    and sequence parallelism are training-only."""
     split = cfg.model.pipeline_model_parallel_layer_split
-    return InferenceEngine.load(str(checkpoint), inference_device(cfg), state, list(split) if split else None,
-                                INFERENCE_DTYPES.get(cfg.trainer.precision))
+    split = list(split) if split else None
+    device, dtype = inference_device(cfg), INFERENCE_DTYPES.get(cfg.trainer.precision)
+    if prompt_table is None:
+        return InferenceEngine.load(str(checkpoint), device, state, split, dtype)
+    from nemo_llm.prompt_learning.inference import load_prompt_model
+
+    model, tokenizer = load_prompt_model(prompt_table, checkpoint, default_task=default_task, device=device)
+    return InferenceEngine.from_model(model.to(dtype) if dtype is not None else model, tokenizer, state, split)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import json
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,12 +31,11 @@ from nemo_llm.errors import NemoLLMError
 from nemo_llm.evaluation.harness import TASK_METRICS, evaluate_tasks, format_table
 from nemo_llm.evaluation.perplexity import document_perplexity, split_perplexity
 from nemo_llm.evaluation.tasks import TaskData, prepare_task
-from nemo_llm.inference.distributed import engine_from_config, model_parallel
+from nemo_llm.inference.distributed import check_prompt_table, engine_from_config, model_parallel, stage_checkpoint
 from nemo_llm.inference.engine import InferenceEngine
 from nemo_llm.inference.sampling import SamplingParams
 from nemo_llm.stages.base import Stage, run_on_devices
-from nemo_llm.training.checkpoint import (CheckpointError, checkpoint_or_last, last_checkpoint_path,
-                                          read_checkpoint_meta)
+from nemo_llm.training.checkpoint import CheckpointError, last_checkpoint_path, read_checkpoint_meta
 
 EVAL_FILE = "eval.json"
 
@@ -50,6 +50,22 @@ class EvaluationInputs:
 
     documents: list[str] = field(default_factory=list)
     tasks: list[TaskData] = field(default_factory=list)
+    prompt_records: list[dict[str, Any]] = field(default_factory=list)  # of the learned prompts' tasks
+
+
+def read_prompt_records(e: DictConfig) -> list[dict[str, Any]]:
+    """The first evaluation.prompt_tasks.limit records of each task (0: all) in prompt_tasks.data, when
+    evaluation.prompt_table is set."""
+    from nemo_llm.prompt_learning.data import read_jsonl
+
+    if not e.prompt_table or not e.prompt_tasks.data:
+        return []
+    kept, seen = [], Counter()
+    for record in read_jsonl(e.prompt_tasks.data):
+        seen[record.get("taskname")] += 1
+        if not e.prompt_tasks.limit or seen[record.get("taskname")] <= e.prompt_tasks.limit:
+            kept.append(record)
+    return kept
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -142,11 +158,11 @@ def evaluation_worker(config_yaml: str, inputs: EvaluationInputs) -> dict:
     """Everything evaluation computes, on one rank; global rank 0 writes eval.json and prints the table."""
     cfg = OmegaConf.create(config_yaml)
     e, m = cfg.evaluation, cfg.model
-    checkpoint = checkpoint_or_last(cfg.evaluation.checkpoint, cfg.run_dir)
+    checkpoint = stage_checkpoint(e, cfg.run_dir)
     with model_parallel(cfg) as state:
         is_writer = state is None or dist.get_rank() == 0
         log: Log = partial(print, flush=True) if is_writer else (lambda _: None)
-        engine = engine_from_config(cfg, checkpoint, state)
+        engine = engine_from_config(cfg, checkpoint, state, e.prompt_table)
         _check_engine(cfg, engine, checkpoint)
         result: dict[str, Any] = {
             "checkpoint": str(checkpoint), "step": checkpoint_step(checkpoint),
@@ -158,6 +174,11 @@ def evaluation_worker(config_yaml: str, inputs: EvaluationInputs) -> dict:
             result["perplexity"] = _document_perplexity(cfg, engine, inputs.documents, log)
         if inputs.tasks:
             result["tasks"] = evaluate_tasks(engine, inputs.tasks, e.batch_size, log)
+        if inputs.prompt_records:
+            from nemo_llm.prompt_learning.inference import task_accuracy
+
+            result["prompt_table"] = e.prompt_table
+            result["prompt_tasks"] = task_accuracy(engine, inputs.prompt_records, e.prompt_tasks.max_new_tokens)
         result["generation"] = _sample(cfg, engine, log)
     if is_writer:
         path = Path(cfg.run_dir) / EVAL_FILE
@@ -172,6 +193,12 @@ class EvaluationStage(Stage):
     runs_model = True
 
     def check(self, cfg: DictConfig) -> None:
+        check_prompt_table(cfg, self.name)
+        e = cfg.evaluation
+        made_earlier = "prompt_learning" in cfg.stages[:cfg.stages.index(self.name)]
+        if e.prompt_table and e.prompt_tasks.data and not Path(e.prompt_tasks.data).is_file() and not made_earlier:
+            raise ConfigError(f"evaluation.prompt_tasks.data={e.prompt_tasks.data}: no such file; give jsonl records "
+                              "of the prompts' tasks, or null to run the model with the prompts without scoring them")
         p = cfg.evaluation.perplexity
         if p.input is not None:
             for pattern in [p.input] if isinstance(p.input, str) else list(p.input):
@@ -180,17 +207,20 @@ class EvaluationStage(Stage):
 
     def run(self, cfg: DictConfig) -> dict:
         e = cfg.evaluation
-        checkpoint = checkpoint_or_last(cfg.evaluation.checkpoint, cfg.run_dir)
+        checkpoint = stage_checkpoint(e, cfg.run_dir)
         if not checkpoint.exists():
             raise CheckpointError(f"{checkpoint}: no checkpoint there; run the training stage or set "
                                   "evaluation.checkpoint")
         inputs = EvaluationInputs(
             documents=read_perplexity_documents(e.perplexity),
-            tasks=[prepare_task(name, e.data_dir, e.num_fewshot, e.fewshot_seed, e.limit) for name in e.tasks])
+            tasks=[prepare_task(name, e.data_dir, e.num_fewshot, e.fewshot_seed, e.limit) for name in e.tasks],
+            prompt_records=read_prompt_records(e))
         result = run_on_devices(partial(evaluation_worker, inputs=inputs), cfg)
         summary = {"eval_file": str(Path(cfg.run_dir) / EVAL_FILE)}
         summary.update({split: result.get(split) for split in e.splits})
         if "tasks" in result:
             summary["tasks"] = {name: {k: v for k, v in metrics.items() if k in TASK_METRICS}
                                 for name, metrics in result["tasks"].items()}
+        if "prompt_tasks" in result:
+            summary["prompt_tasks"] = result["prompt_tasks"]
         return summary

@@ -112,12 +112,13 @@ def _serve(engine, cfg: DictConfig) -> dict:
 
 
 def _inference_worker(config_yaml: str) -> dict | None:
-    from nemo_llm.inference.distributed import engine_from_config, model_parallel
+    from nemo_llm.inference.distributed import engine_from_config, model_parallel, stage_checkpoint
 
     cfg = OmegaConf.create(config_yaml)
-    checkpoint = checkpoint_or_last(cfg.inference.checkpoint, cfg.run_dir)
+    i = cfg.inference
+    checkpoint = stage_checkpoint(i, cfg.run_dir)
     with model_parallel(cfg) as state:
-        engine = engine_from_config(cfg, checkpoint, state)
+        engine = engine_from_config(cfg, checkpoint, state, i.prompt_table, i.default_task)
         if engine.tokenizer is None:
             raise InferenceError(f"{checkpoint} has no tokenizer, so text cannot be generated: use a run directory's "
                                  "checkpoint (its config.yaml names the tokenizer) or an import_hf output")
@@ -154,10 +155,13 @@ class InferenceStage(Stage):
             if not Path(i.prompts_file).is_file():
                 raise ConfigError(f"inference.prompts_file={i.prompts_file}: no such file")
             read_prompts(i)  # a malformed line fails now, before any stage runs
+        from nemo_llm.inference.distributed import check_prompt_table
+
+        check_prompt_table(cfg, self.name)
         checkpoint = checkpoint_or_last(cfg.inference.checkpoint, cfg.run_dir)
         if i.checkpoint and not checkpoint.exists():
             raise ConfigError(f"inference.checkpoint={i.checkpoint}: no such file or directory")
-        if not i.checkpoint and "training" not in cfg.stages and not checkpoint.exists():
+        if not i.checkpoint and not i.prompt_table and "training" not in cfg.stages and not checkpoint.exists():
             raise ConfigError(f"{checkpoint}: no checkpoint there; run the training stage or set inference.checkpoint")
 
     def run(self, cfg: DictConfig) -> dict:

@@ -19,6 +19,11 @@ LETTERS = list("abcdefgh")
 YES = set("acfh")  # the hidden rule
 NOUNS = ["car", "hat", "box", "cup"]
 TEMPLATE = "<|VIRTUAL_PROMPT_0|> <|VIRTUAL_PROMPT_1|>{sentence}{label}"
+# Learning rates at which each style learns the task in 100 steps.
+STYLES = {
+    "prompt-tuning": ["prompt_learning.optim.lr=0.05"],
+    "p-tuning": ["prompt_learning.optim.lr=0.005"],
+}
 
 
 def base_config() -> GPTConfig:
@@ -27,12 +32,22 @@ def base_config() -> GPTConfig:
                      init_method_std=0.2)  # large weights: a random base with sharp, input-dependent outputs
 
 
+# Where prompt_config puts the base: the last checkpoint of a run directory, as the training stage
+# leaves it, so that the stages find its tokenizer (the run's config.yaml names the byte tokenizer).
+BASE = "base_run/checkpoints/last.ckpt"
+
+
 def write_base(path: Path, seed: int = 0) -> GPTModel:
-    """A randomly initialised base saved as a single-file checkpoint of the training stage's format."""
+    """A randomly initialised base saved as a single-file checkpoint of the training stage's format;
+    at <run>/checkpoints/last.ckpt the run's config.yaml is written too."""
     torch.manual_seed(seed)
     model = GPTModel(base_config())
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"hyper_parameters": {"gpt_config": asdict(model.config)}, "global_step": 7, "consumed_samples": 0,
                 "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+    if path.name == "last.ckpt" and path.parent.name == "checkpoints":
+        run_dir = path.parent.parent
+        (run_dir / "config.yaml").write_text(f"run_dir: {run_dir}\nmodel:\n  tokenizer:\n    library: byte\n")
     return model
 
 
@@ -60,7 +75,7 @@ def task(taskname: str = "colour") -> dict:
 def prompt_config(tmp_path: Path, style: str, overrides: list[str] = (), taskname: str = "colour",
                   max_steps: int = 60) -> DictConfig:
     """A config for prompt learning on the synthetic task (base and data written under tmp_path)."""
-    base = tmp_path / "base.ckpt"
+    base = tmp_path / BASE
     if not base.exists():
         write_base(base)
     train = write_jsonl(tmp_path / f"{taskname}_train.jsonl", records(400, 1, taskname))

@@ -78,3 +78,28 @@ def test_embedding_substitutes_virtual_ids_and_keeps_names():
     with torch.no_grad():
         model.embedding.prompts["t"].weight[1] = model.embedding.word_embeddings.weight[6]
     assert torch.equal(model(torch.tensor([[5, 321, 7]])), before)  # virtual id 321 = its table row
+
+
+@pytest.mark.parametrize("recipe, record, prompt", [
+    ("squad", {"taskname": "squad", "context": "Owls hunt at night.", "question": "When?", "answer": "at night"},
+     "Context: Owls hunt at night. Question: When? Answer:"),
+    ("classification", {"taskname": "sentiment", "sentence": "a fine film", "label": "positive"},
+     "a fine film  Sentiment:"),
+])
+def test_recipes_compose_and_their_templates_encode_a_record(recipe, record, prompt, tmp_path):
+    from omegaconf import OmegaConf
+
+    from nemo_llm.config import compose, validate
+
+    cfg = compose([f"prompt_learning={recipe}", "stages=[prompt_learning]", f"run_dir={tmp_path}"])
+    validate(cfg)
+    vocab = VirtualTokens(first_id=320)
+    for task in cfg.prompt_learning.task_templates:
+        vocab.add(TaskTemplate(**OmegaConf.to_container(task)))
+    tok = PromptTokenizer(ByteTokenizer(), vocab)
+    text = tok.prompt(record["taskname"], record)
+    assert text.replace(f"<|{record['taskname']}:VIRTUAL_PROMPT_0|>", "").replace(
+        f"<|{record['taskname']}:VIRTUAL_PROMPT_1|>", "").strip() == prompt
+    ids, answer_start = tok.encode_example(record["taskname"], record, 256)
+    answer = record.get("answer", record.get("label"))
+    assert ByteTokenizer().decode(ids[answer_start:-1]).strip() == answer
