@@ -90,9 +90,42 @@ def gpt3_formula_parameters(num_layers: int, hidden: int, vocab: int, seq: int) 
 
 def model_flops_per_iteration(batch: int, seq: int, num_layers: int, hidden: int, vocab: int) -> float:
     """Model FLOPs of one training iteration (forward + backward, no recompute), Narayanan et al. 2021:
-    72 B s l h^2 (1 + s/(6h) + V/(12 l h))."""
+    72 B s l h^2 (1 + s/(6h) + V/(12 l h)). Exact for GPT-3 shapes (MHA, ffn 4h, GELU);
+    forward_flops_per_token counts any shape."""
     b, s, l, h = batch, seq, num_layers, hidden
     return 72 * b * s * l * h**2 * (1 + s / (6 * h) + vocab / (12 * l * h))
+
+
+@dataclass
+class TokenFlops:
+    """Forward matmul FLOPs per token: every layer's weight matmuls, every layer's attention (scores and
+    values, over the whole sequence as Megatron counts it), the output layer."""
+
+    layers: float
+    attention: float
+    logits: float
+
+    def model_flops(self, tokens: float) -> float:
+        """Training FLOPs without recompute: the backward pass costs twice the forward."""
+        return 3 * tokens * (self.layers + self.attention + self.logits)
+
+    def hardware_flops(self, tokens: float, recompute: str) -> float:
+        """model_flops plus the forward work recompute repeats: the whole layers (full) or the attention
+        core (selective); the output layer is never recomputed."""
+        extra = {"none": 0.0, "selective": self.attention, "full": self.layers + self.attention}[recompute]
+        return self.model_flops(tokens) + tokens * extra
+
+
+def forward_flops_per_token(m: DictConfig, seq: int, vocab: int) -> TokenFlops:
+    """Counted from the shapes (GQA, SwiGLU, any ffn size); for GPT-3 shapes 3 x their sum is the
+    formula of model_flops_per_iteration per token."""
+    h, f, heads = m.hidden_size, m.ffn_hidden_size, m.num_attention_heads
+    groups = m.num_query_groups or heads
+    d = h // heads
+    fc1 = 2 * f if m.activation == "swiglu" else f
+    weights = h * (heads + 2 * groups) * d + heads * d * h + h * fc1 + f * h
+    return TokenFlops(layers=2 * weights * m.num_layers, attention=2 * 2 * seq * heads * d * m.num_layers,
+                      logits=2 * h * vocab)
 
 
 def activation_bytes_per_layer(m: DictConfig, micro_batch: int) -> float:
