@@ -24,6 +24,7 @@ setup(
         "datasets>=2.19",
         "numpy>=1.26",
         "tensorboard>=2.15",
+        "matplotlib>=3.7",  # the auto_configurator's plot of its candidates
         # The "nemo_llm" model of lm-evaluation-harness (nemo_llm.evaluation.lm_eval_adapter).
         "lm-eval[hf]>=0.4.10",
     ],

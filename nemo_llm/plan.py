@@ -128,15 +128,17 @@ def forward_flops_per_token(m: DictConfig, seq: int, vocab: int) -> TokenFlops:
                       logits=2 * h * vocab)
 
 
-def activation_bytes_per_layer(m: DictConfig, micro_batch: int) -> float:
-    """Activations one layer keeps for backward, per microbatch, in bytes at 16-bit (Korthikanti et al.)."""
+def activation_bytes_per_layer(m: DictConfig, micro_batch: int, flash_attention: bool = False) -> float:
+    """Activations one layer keeps for backward, per microbatch, in bytes at 16-bit (Korthikanti et al.).
+    A flash-attention kernel (SDPA on a GPU in half precision) keeps no attention scores: the layer
+    then holds what selective recompute leaves."""
     s, b, h, a = m.encoder_seq_length, micro_batch, m.hidden_size, m.num_attention_heads
     t = m.tensor_model_parallel_size
     sp = m.sequence_parallel and t > 1
     sbh = s * b * h
     attention_scores = 5 * a * s / h
     granularity = m.activations_checkpoint_granularity
-    if granularity == "selective":  # the attention core (softmax, dropout, scores) is recomputed
+    if granularity == "selective" or flash_attention:  # no attention core (softmax, dropout, scores) kept
         return 34 * sbh / t if sp else sbh * (10 + 24 / t)
     if sp:
         return sbh / t * (34 + attention_scores)
@@ -183,12 +185,12 @@ def stage_parameters(m: DictConfig, vocab: int, first: bool, last: bool) -> int:
     return int(params)
 
 
-def estimate_memory(cfg: DictConfig, vocab: int) -> MemoryEstimate:
+def estimate_memory(cfg: DictConfig, vocab: int, flash_attention: bool = False) -> MemoryEstimate:
     m = cfg.model
     pp, t = m.pipeline_model_parallel_size, m.tensor_model_parallel_size
     b, s = m.micro_batch_size, m.encoder_seq_length
     num_micro = microbatch_count(m.global_batch_size, b, data_parallel_size(cfg))
-    per_layer = activation_bytes_per_layer(m, b)
+    per_layer = activation_bytes_per_layer(m, b, flash_attention)
     layer_input = 2 * s * b * m.hidden_size / (t if m.sequence_parallel and t > 1 else 1)
     n = m.activations_checkpoint_num_layers
 

@@ -42,6 +42,11 @@ class TrainingLayout:
     recompute_num_layers: int = 1
     distributed_optimizer: bool = True
 
+    def __post_init__(self) -> None:
+        if self.global_batch_size % (self.micro_batch_size * self.dp):
+            raise ValueError(f"global batch {self.global_batch_size} is not a multiple of micro batch "
+                             f"{self.micro_batch_size} x data parallel {self.dp}")
+
     @property
     def gpus(self) -> int:
         return self.tp * self.pp * self.dp
@@ -184,7 +189,8 @@ def estimate_training(shape: SimpleNamespace, layout: TrainingLayout, hw: Hardwa
     model_flops = flops.model_flops(tokens_per_step)
     hardware_flops = flops.hardware_flops(tokens_per_step, layout.recompute)
 
-    memory = estimate_memory(cfg, vocab)
+    # On GPUs in half precision attention runs in a flash kernel, which stores no attention scores.
+    memory = estimate_memory(cfg, vocab, flash_attention=precision != "32")
     busiest = max(stage_parameters(cfg.model, vocab, True, layout.pp == 1),
                   stage_parameters(cfg.model, vocab, False, True))
     if memory_model == "megatron":
@@ -222,11 +228,13 @@ def days_to_train(parameters: float, tokens: float, gpus: int, tflops_per_gpu: f
     return 8 * tokens * parameters / (gpus * tflops_per_gpu * 1e12) / 86400
 
 
-def largest_model(days: float, gpus: int, tflops_per_gpu: float, tokens: float | None = None) -> dict[str, float]:
-    """The most parameters days x gpus at tflops_per_gpu can train: on `tokens` tokens (eq. 4
-    inverted), or compute-optimally at 20 tokens per parameter (Hoffmann et al. 2022, Table 3) when
-    tokens is None."""
-    budget = days * 86400 * gpus * tflops_per_gpu * 1e12 / 8  # = T x P
+def largest_model(days: float, gpus: int, tflops_per_gpu: float, tokens: float | None = None,
+                  flops_per_parameter_token: float = 8) -> dict[str, float]:
+    """The most parameters days x gpus at tflops_per_gpu can train: on `tokens` tokens (eq. 4 of
+    Narayanan et al. inverted), or compute-optimally at 20 tokens per parameter (Hoffmann et al. 2022,
+    Table 3) when tokens is None. flops_per_parameter_token: 8 when tflops_per_gpu counts the
+    recomputed forward (Narayanan's X), 6 when it is model FLOPs (C = 6ND)."""
+    budget = days * 86400 * gpus * tflops_per_gpu * 1e12 / flops_per_parameter_token  # = T x P
     if tokens:
         return {"parameters": budget / tokens, "tokens": tokens}
     parameters = math.sqrt(budget / 20)

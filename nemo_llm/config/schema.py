@@ -348,6 +348,52 @@ class PromptLearningConfig:
 
 
 @dataclass
+class AutoConfigSearchConfig:
+    # Values tried; null: every value that divides (tensor: 1, 2, 4, 8 within a node; pipeline: divisors of the layers)
+    tensor_parallel: Optional[List[int]] = None
+    pipeline_parallel: Optional[List[int]] = None
+    virtual_pipeline: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 6, 8, 12])
+    micro_batch_size: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    recompute: List[str] = field(default_factory=lambda: ["none", "selective", "full"])
+    sequence_parallel: List[bool] = field(default_factory=lambda: [False, True])
+
+
+@dataclass
+class AutoConfigMeasureConfig:
+    top_k: int = 0  # run the k best training layouts for `steps` steps through the training stage (0: estimate only)
+    steps: int = 6
+    timeout_s: int = 900  # per run
+
+
+@dataclass
+class AutoConfigInferenceConfig:
+    input_length: int = 512
+    output_length: int = 128
+    batch_sizes: List[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128])
+    max_latency_s: Optional[float] = None  # per request (prefill + every output token)
+    measure_top_k: int = 0  # time the k best layouts that fit this machine with the generation engine
+
+
+@dataclass
+class AutoConfiguratorConfig:
+    mode: str = "training"  # training | inference | both
+    gpu: str = "a100_80gb"  # a100_40gb | a100_80gb | h100_80gb | h200_141gb
+    num_gpus: int = 8
+    tokens: float = 300e9  # training tokens, for days_to_train
+    precision: str = "bf16-mixed"
+    tflops_per_gpu: Optional[float] = None  # achieved TFLOP/s per GPU (with recompute): replaces the efficiency model
+    max_days: Optional[float] = None  # also report the largest model num_gpus can train on `tokens` in this many days
+    memory_model: str = "nemo_llm"  # nemo_llm (this engine's bytes per parameter) | megatron (Megatron-LM's)
+    memory_fraction: float = 0.9  # share of the GPU memory a layout may use
+    dp_overlap: float = 0.5  # share of the data-parallel gradient reduction hidden behind the backward pass
+    top_k: int = 10  # rows of the printed table
+    search: AutoConfigSearchConfig = field(default_factory=AutoConfigSearchConfig)
+    measure: AutoConfigMeasureConfig = field(default_factory=AutoConfigMeasureConfig)
+    inference: AutoConfigInferenceConfig = field(default_factory=AutoConfigInferenceConfig)
+    output_dir: str = "${run_dir}/auto_configurator"
+
+
+@dataclass
 class Config:
     stages: List[str] = field(default_factory=lambda: ["data_preparation", "training", "evaluation"])
     run_name: str = "${model.name}"
@@ -365,3 +411,4 @@ class Config:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     conversion: ConversionConfig = field(default_factory=ConversionConfig)
     prompt_learning: PromptLearningConfig = field(default_factory=PromptLearningConfig)
+    auto_configurator: AutoConfiguratorConfig = field(default_factory=AutoConfiguratorConfig)

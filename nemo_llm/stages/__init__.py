@@ -1,5 +1,6 @@
 """The stage registry: conf/config.yaml's `stages:` names these, and each has a conf/<name>/ folder."""
 
+from nemo_llm.stages.auto_configurator import AutoConfiguratorStage
 from nemo_llm.stages.base import Stage
 from nemo_llm.stages.conversion import ConversionStage
 from nemo_llm.stages.data_preparation import DataPreparationStage
@@ -10,6 +11,6 @@ from nemo_llm.stages.training import TrainingStage
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (DataPreparationStage(), TrainingStage(), EvaluationStage(),
                                                              InferenceStage(), ConversionStage(),
-                                                             PromptLearningStage())}
+                                                             PromptLearningStage(), AutoConfiguratorStage())}
 
 __all__ = ["STAGES", "Stage"]

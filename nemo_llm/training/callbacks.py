@@ -16,6 +16,15 @@ METRICS_FILE = "metrics.jsonl"
 VAL_METRICS_FILE = "val_metrics.jsonl"
 
 
+def peak_memory_bytes(device: torch.device) -> int:
+    """The most this process has held: CUDA memory allocated on a GPU, resident memory on a CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
 class StepMetrics(pl.Callback):
     """Measures each optimizer step, shows tokens/s, TFLOP/s and MFU in the progress bar, and appends
     one JSON object per logged step to <run_dir>/metrics.jsonl with the keys step, loss, lr,
@@ -53,7 +62,8 @@ class StepMetrics(pl.Callback):
         if step % self.log_every_n_steps and step != trainer.max_steps:
             return
         record = {"step": step, **{k: float(v) for k, v in pl_module.step_metrics.items()}, **speed,
-                  "consumed_samples": pl_module.consumed_samples, "step_time_s": seconds}
+                  "consumed_samples": pl_module.consumed_samples, "step_time_s": seconds,
+                  "max_memory_bytes": peak_memory_bytes(pl_module.device)}
         if trainer.is_global_zero:
             self._append(METRICS_FILE, record)
             if self.print_lines:
