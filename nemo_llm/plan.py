@@ -89,9 +89,9 @@ def gpt3_formula_parameters(num_layers: int, hidden: int, vocab: int, seq: int) 
 
 
 def model_flops_per_iteration(batch: int, seq: int, num_layers: int, hidden: int, vocab: int) -> float:
-    """Model FLOPs of one training iteration (forward + backward, no recompute), Narayanan et al. 2021:
-    72 B s l h^2 (1 + s/(6h) + V/(12 l h)). Exact for GPT-3 shapes (MHA, ffn 4h, GELU);
-    forward_flops_per_token counts any shape."""
+    """The published closed form of model FLOPs per iteration (forward + backward, no recompute),
+    Narayanan et al. 2021: 72 B s l h^2 (1 + s/(6h) + V/(12 l h)), for GPT-3 shapes (MHA, ffn 4h,
+    GELU). What nemo_llm reports is counted by forward_flops_per_token, which equals it there."""
     b, s, l, h = batch, seq, num_layers, hidden
     return 72 * b * s * l * h**2 * (1 + s / (6 * h) + vocab / (12 * l * h))
 
@@ -308,8 +308,8 @@ def build_plan(cfg: DictConfig, vocab_size: int | None = None) -> Plan:
         seq_length=m.encoder_seq_length,
         precision=str(cfg.trainer.precision),
         recompute=recompute,
-        flops_per_iteration=model_flops_per_iteration(m.global_batch_size, m.encoder_seq_length,
-                                                      m.num_layers, m.hidden_size, padded),
+        flops_per_iteration=forward_flops_per_token(m, m.encoder_seq_length, padded).model_flops(
+            m.global_batch_size * m.encoder_seq_length),
         memory=estimate_memory(cfg, padded),
         stages=list(cfg.stages),
     )

@@ -15,13 +15,14 @@ import logging
 import warnings
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from nemo_llm.models.gpt import GPTModel
-from nemo_llm.plan import model_flops_per_iteration
+from nemo_llm.plan import forward_flops_per_token
 from nemo_llm.prompt_learning.data import PromptDataModule, PromptDataset, read_jsonl
 from nemo_llm.prompt_learning.embedding import PROMPTS_PREFIX, freeze_all_but, prompt_state_dict
 from nemo_llm.prompt_learning.prompts import (add_task, attach_prompts, bake, base_fingerprint, build_prompt_file,
@@ -165,10 +166,9 @@ def fit_prompts(cfg: DictConfig) -> tuple[PromptLearningModule, dict[str, Any]]:
         "limit_val_batches": p.limit_val_batches}, "training": {"tensorboard": False}})
     t = cfg.trainer
     metrics = StepMetrics(out_dir, tokens_per_step=p.global_batch_size * seq_length,
-                          flops_per_step=model_flops_per_iteration(p.global_batch_size, seq_length,
-                                                                   gpt_config["num_layers"],
-                                                                   gpt_config["hidden_size"],
-                                                                   gpt_config["vocab_size"]),
+                          flops_per_step=forward_flops_per_token(SimpleNamespace(**gpt_config), seq_length,
+                                                                 gpt_config["vocab_size"]).model_flops(
+                              p.global_batch_size * seq_length),
                           world_size=t.devices * t.num_nodes, peak_tflops_per_device=t.peak_tflops_per_device or 1.0,
                           log_every_n_steps=t.log_every_n_steps, print_lines=not cfg.training.progress_bar)
     preemption, checkpointing = checkpoint_callbacks(cfg.training.checkpoint, out_dir, data.validation is not None)

@@ -17,7 +17,7 @@ from nemo_llm.config.validation import parse_splits
 from nemo_llm.data.data_module import GPTDataModule
 from nemo_llm.models.gpt import gpt_config_from
 from nemo_llm.parallel.engine import EngineSettings
-from nemo_llm.plan import Machine, model_flops_per_iteration, uses_gpu
+from nemo_llm.plan import Machine, forward_flops_per_token, uses_gpu
 from nemo_llm.tokenizers import build_tokenizer
 from nemo_llm.training.callbacks import Preemption, StepMetrics
 from nemo_llm.training.checkpoint import CHECKPOINT_DIR, find_latest_checkpoint, last_checkpoint_path
@@ -138,8 +138,8 @@ def pretrain(cfg: DictConfig) -> dict:
     metrics = StepMetrics(
         run_dir,
         tokens_per_step=m.global_batch_size * m.encoder_seq_length,
-        flops_per_step=model_flops_per_iteration(m.global_batch_size, m.encoder_seq_length, m.num_layers,
-                                                 m.hidden_size, gpt_config.vocab_size),
+        flops_per_step=forward_flops_per_token(m, m.encoder_seq_length, gpt_config.vocab_size).model_flops(
+            m.global_batch_size * m.encoder_seq_length),
         world_size=world_size,
         peak_tflops_per_device=peak_tflops_per_device(device, str(t.precision), t.peak_tflops_per_device),
         log_every_n_steps=t.log_every_n_steps,
