@@ -12,7 +12,6 @@ the Hugging Face dataset's own columns), else from the hub with datasets.load_da
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nemo_llm.data.jsonl import jsonl_records
 from nemo_llm.errors import NemoLLMError
 
 MULTIPLE_CHOICE, LAST_WORD = "multiple_choice", "last_word"
@@ -214,18 +214,7 @@ def load_records(task: Task, split: str, data_dir: str | Path | None = None) -> 
 
 
 def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TaskDataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise TaskDataError(f"{path}:{number}: a record must be a JSON object")
-        records.append((f"{path}:{number}", record))
-    return records
+    return list(jsonl_records(path, TaskDataError))
 
 
 def build_examples(task: Task, records: Sequence[tuple[str, dict]]) -> list[Example]:

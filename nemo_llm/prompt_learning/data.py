@@ -7,7 +7,6 @@ shapes once. Right padding is harmless under causal attention and takes no loss.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,20 +17,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from nemo_llm.data.gpt_dataset import PretrainingBatchSampler
+from nemo_llm.data.jsonl import jsonl_records
 from nemo_llm.models.gpt import IGNORE_INDEX
 from nemo_llm.prompt_learning.templates import PromptTokenizer, TemplateError, example_labels
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise TemplateError(f"{path}:{number}: not a JSON record ({e.msg})") from None
-    return records
+    return [record for _, record in jsonl_records(path, TemplateError)]
 
 
 class PromptDataset(Dataset):

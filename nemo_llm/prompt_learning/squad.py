@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from nemo_llm.data.jsonl import jsonl_records
 from nemo_llm.errors import NemoLLMError
 
 
@@ -53,15 +54,8 @@ def _questions_of_rows(rows: Iterable[dict[str, Any]], name: str) -> Iterator[tu
 
 
 def _questions_of_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SquadError(f"{path}:{number}: not a JSON record ({e.msg})") from None
-            yield from ((f"{path}:{number}", q) for _, q in _questions_of_rows([row], str(path)))
+    for where, row in jsonl_records(path, SquadError):
+        yield from ((where, q) for _, q in _questions_of_rows([row], str(path)))
 
 
 def read_squad(source: str, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
