@@ -9,7 +9,7 @@ NeMo/Megatron (tensor_model_parallel_size, encoder_seq_length, activations_check
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
@@ -163,6 +163,9 @@ class DataPreparationConfig:
     output_prefix: str = "corpus"  # writes <output_dir>/<output_prefix>_text_document.{bin,idx}
     append_eod: bool = True
     workers: int = 1  # tokenizer processes
+    # all | tokenizer (download, train the tokenizer, stop) | shards (tokenize this Slurm array task's
+    # share of the shards, no merge): the parts cluster.data_preparation_array runs as separate jobs
+    part: str = "all"
     # documents per shard (the unit of work and of resume); null: one shard per input file
     shard_documents: Optional[int] = None
 
@@ -394,6 +397,31 @@ class AutoConfiguratorConfig:
 
 
 @dataclass
+class ClusterConfig:
+    type: str = "local"  # local (processes on this machine) | slurm (sbatch per stage) | interactive (srun in salloc)
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    time_limit: str = "04:00:00"
+    exclusive: bool = False
+    mem: Optional[str] = None  # sbatch --mem, e.g. 0 (all of it) or 200G
+    gpus_per_node: Optional[int] = None  # null: trainer.devices, 0 with trainer.accelerator=cpu
+    job_name_prefix: str = "nemo_llm"
+    container_image: Optional[str] = None  # pyxis/enroot: srun --container-image
+    container_mounts: List[str] = field(default_factory=list)  # host:container paths
+    container_mount_home: bool = False
+    container_workdir: Optional[str] = None
+    python: Optional[str] = None  # null: this interpreter, or `python` inside a container
+    env: Dict[str, str] = field(default_factory=dict)  # exported in every job, e.g. NCCL_IB_TIMEOUT
+    requeue: bool = True  # training and prompt learning save on SIGUSR1, requeue and continue (resume=auto)
+    preempt_signal_seconds: int = 120  # SIGUSR1 this long before the time limit
+    master_port: Optional[int] = None  # null: 10000 + job id % 50000
+    data_preparation_array: int = 1  # >1: tokenize the shards in a job array of this many tasks
+    sbatch_args: List[str] = field(default_factory=list)  # extra #SBATCH lines, e.g. --constraint=h100
+    srun_args: List[str] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     stages: List[str] = field(default_factory=lambda: ["data_preparation", "training", "evaluation"])
     run_name: str = "${model.name}"
@@ -412,3 +440,4 @@ class Config:
     conversion: ConversionConfig = field(default_factory=ConversionConfig)
     prompt_learning: PromptLearningConfig = field(default_factory=PromptLearningConfig)
     auto_configurator: AutoConfiguratorConfig = field(default_factory=AutoConfiguratorConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)

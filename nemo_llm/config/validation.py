@@ -332,6 +332,21 @@ def validate_prompt_learning(cfg: DictConfig) -> None:
                  f"sum to total_virtual_tokens={task.total_virtual_tokens}")
 
 
+CLUSTERS = ("local", "slurm", "interactive")
+DATA_PARTS = ("all", "tokenizer", "shards")
+
+
+def validate_cluster(cfg: DictConfig) -> None:
+    c = cfg.cluster
+    _one_of(c.type, CLUSTERS, "cluster.type")
+    _one_of(cfg.data_preparation.part, DATA_PARTS, "data_preparation.part")
+    _require(c.data_preparation_array >= 1, f"cluster.data_preparation_array={c.data_preparation_array} must be at "
+                                            "least 1 (1: one job)")
+    _require(c.preempt_signal_seconds > 0, "cluster.preempt_signal_seconds must be positive")
+    if c.type == "local":
+        _require(c.data_preparation_array == 1, "cluster.data_preparation_array needs cluster=slurm (a job array)")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first key that makes cfg impossible to run."""
     _require(len(cfg.stages) > 0, "stages is empty: list at least one stage, e.g. stages=[training]")
@@ -342,3 +357,4 @@ def validate(cfg: DictConfig) -> None:
     validate_data_preparation(cfg.data_preparation)
     validate_conversion(cfg.conversion, list(cfg.stages))
     validate_prompt_learning(cfg)
+    validate_cluster(cfg)

@@ -147,10 +147,13 @@ def plan_digest(sources: Sequence[Source], tokenizer_cfg: Mapping, append_eod: b
 
 
 def preprocess(sources: Sequence[Source], tokenizer_cfg: Mapping, output_prefix: str | Path, append_eod: bool = True,
-               workers: int = 1, shard_documents: int | None = None, log=print) -> dict:
+               workers: int = 1, shard_documents: int | None = None, log=print,
+               share: tuple[int, int] | None = None) -> dict:
     """Tokenize `sources` into <output_prefix>.bin/.idx with `workers` processes; returns counts.
 
     An output whose manifest (<output_prefix>.json) records the same plan is left as it is.
+    share=(i, n): tokenize only the shards whose index is i modulo n and stop before the merge (one
+    task of a job array; a later run without share merges, skipping the complete shards).
     """
     output_prefix = Path(output_prefix)
     digest = plan_digest(sources, tokenizer_cfg, append_eod, shard_documents)
@@ -163,7 +166,7 @@ def preprocess(sources: Sequence[Source], tokenizer_cfg: Mapping, output_prefix:
 
     shards_root = Path(f"{output_prefix}_shards")
     shard_dir = shards_root / digest
-    if shards_root.is_dir():  # shards of another plan can never be used again
+    if shards_root.is_dir() and share is None:  # shards of another plan can never be used again
         for stale in shards_root.iterdir():
             if stale != shard_dir:
                 shutil.rmtree(stale, ignore_errors=True)
@@ -173,6 +176,11 @@ def preprocess(sources: Sequence[Source], tokenizer_cfg: Mapping, output_prefix:
     todo = [(s, p) for s, p in zip(shards, prefixes) if not _is_complete(p)]
     if len(todo) < len(shards):
         log(f"resuming: {len(shards) - len(todo)} of {len(shards)} shards already complete in {shard_dir}")
+    if share is not None:
+        index, count = share
+        todo = [(s, p) for s, p in todo if s.index % count == index]
+        _run_shards(sources, todo, tokenizer_cfg, append_eod, workers, log)
+        return {"documents": 0, "tokens": 0, "shards": len(todo), "skipped": False, "merged": False}
     _run_shards(sources, todo, tokenizer_cfg, append_eod, workers, log)
 
     merge_indexed_datasets(prefixes, output_prefix)

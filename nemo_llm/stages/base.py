@@ -9,7 +9,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from nemo_llm.config import ConfigError
 from nemo_llm.launcher import launch_local
+from nemo_llm.launcher.slurm_task import RANK_PER_TASK
 
 
 class Stage(ABC):
@@ -32,6 +34,12 @@ def run_on_devices(worker: Callable[[str], Any], cfg: DictConfig) -> Any:
     t = cfg.trainer
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     if t.devices * t.num_nodes == 1:
+        return worker(config_yaml)
+    if os.environ.get(RANK_PER_TASK) == "1":  # a Slurm task: this process is one rank already
+        world = int(os.environ["WORLD_SIZE"])
+        if world != t.devices * t.num_nodes:
+            raise ConfigError(f"the job has {world} tasks but trainer.devices x num_nodes = "
+                              f"{t.devices * t.num_nodes}: one task per device")
         return worker(config_yaml)
     endpoint = "localhost:0"
     if t.num_nodes > 1:

@@ -3,6 +3,7 @@ parallel tokenization -> <output_dir>/<output_prefix>_text_document.{bin,idx}.""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -39,8 +40,17 @@ class DataPreparationStage(Stage):
         tokenizer_cfg = _plain(tok)
         vocab_size = build_tokenizer(tokenizer_cfg).vocab_size  # fails here, before any work, if unusable
         prefix = Path(d.output_dir) / f"{d.output_prefix}_text_document"
+        if d.part == "tokenizer":
+            return {"tokenizer": "byte" if tok.library == "byte" else tok.vocab_file or tok.model,
+                    "tokenizer_trained": trained, "vocab_size": vocab_size, "part": "tokenizer"}
+        share = None
+        if d.part == "shards":  # one task of a Slurm job array
+            share = (int(os.environ.get("SLURM_ARRAY_TASK_ID", 0)), int(os.environ.get("SLURM_ARRAY_TASK_COUNT", 1)))
+            print(f"tokenizing share {share[0]} of {share[1]} of the shards", flush=True)
         counts = preprocess(sources, tokenizer_cfg, prefix, d.append_eod, d.workers, d.shard_documents,
-                            log=lambda line: print(line, flush=True))
+                            log=lambda line: print(line, flush=True), share=share)
+        if share is not None:
+            return {"part": "shards", "share": list(share), "shards": counts["shards"]}
         print(f"{prefix}.bin/.idx: {counts['documents']} documents, {counts['tokens']} tokens "
               f"from {counts['shards']} shard(s)", flush=True)
         return {"data_prefix": str(prefix), "tokenizer": "byte" if tok.library == "byte" else tok.vocab_file or tok.model,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -12,9 +13,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins.environments import LightningEnvironment
 
 from nemo_llm.config.validation import parse_splits
 from nemo_llm.data.data_module import GPTDataModule
+from nemo_llm.launcher.slurm_task import RANK_PER_TASK
 from nemo_llm.models.gpt import gpt_config_from
 from nemo_llm.parallel.engine import EngineSettings
 from nemo_llm.plan import Machine, forward_flops_per_token, uses_gpu
@@ -38,7 +41,11 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], has_validation:
         async_save=cfg.training.checkpoint.async_save,
         process_group_backend="nccl" if on_gpu else "gloo",
     )
+    # A Slurm task is one rank with the torch.distributed variables set (nemo_llm.launcher.slurm_task):
+    # Lightning is to read those, not start its own SLURM handling (its SIGUSR1 requeue would race ours).
+    plugins = [LightningEnvironment()] if os.environ.get(RANK_PER_TASK) == "1" else None
     return pl.Trainer(
+        plugins=plugins,
         accelerator="gpu" if on_gpu else "cpu",
         devices=t.devices,
         num_nodes=t.num_nodes,
