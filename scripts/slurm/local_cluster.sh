@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A one-node Slurm cluster on this machine, for the tests of cluster=slurm (and for trying it).
-#   scripts/slurm/local_cluster.sh start   install (Debian: slurm-wlm, munge) if missing, configure, start
+#   scripts/slurm/local_cluster.sh install install Slurm and munge (Debian: slurm-wlm, munge) if missing
+#   scripts/slurm/local_cluster.sh start   configure and start (exit 3 when Slurm is not installed)
 #   scripts/slurm/local_cluster.sh stop
 #   scripts/slurm/local_cluster.sh env     print the SLURM_CONF line to export for sbatch/squeue/sacct
 # State, logs and slurm.conf live in $NEMO_LLM_SLURM_DIR (default /tmp/nemo_llm_slurm). Needs root
@@ -10,9 +11,13 @@ DIR="${NEMO_LLM_SLURM_DIR:-/tmp/nemo_llm_slurm}"
 CONF="$DIR/slurm.conf"
 HOST="$(hostname -s)"
 
+installed() {
+    command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null
+}
+
 install() {
-    if command -v slurmctld >/dev/null && command -v munged >/dev/null; then return; fi
-    if ! command -v apt-get >/dev/null; then echo "no slurmctld/munged and no apt-get to install them" >&2; exit 3; fi
+    if installed; then return; fi
+    if ! command -v apt-get >/dev/null; then echo "no apt-get to install slurm-wlm and munge with" >&2; exit 3; fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null
 }
 
@@ -68,7 +73,10 @@ start_munge() {
 }
 
 start() {
-    install
+    if ! installed; then
+        echo "Slurm (slurmctld, slurmd) and munge are not installed: run $0 install" >&2
+        exit 3
+    fi
     configure
     start_munge
     export SLURM_CONF="$CONF"
@@ -95,8 +103,9 @@ stop() {
 }
 
 case "${1:-start}" in
+    install) install ;;
     start) start ;;
     stop) stop ;;
     env) echo "export SLURM_CONF=$CONF" ;;
-    *) echo "usage: $0 start|stop|env" >&2; exit 2 ;;
+    *) echo "usage: $0 install|start|stop|env" >&2; exit 2 ;;
 esac

@@ -96,9 +96,13 @@ def test_bad_settings_stop_with_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "error: auto_configurator.gpu=v100: unknown; one of a100_40gb, a100_80gb, h100_80gb, h200_141gb")
-    result = run_main(["stages=[auto_configurator]", "auto_configurator.num_gpus=3", f"run_dir={tmp_path}",
-                       "auto_configurator.search.tensor_parallel=[2]"])
-    assert result.returncode == 2 and "no layout of gpt_tiny divides 3 GPUs" in result.stderr
+    from nemo_llm.config import ConfigError
+    from nemo_llm.stages.auto_configurator import AutoConfiguratorStage
+
+    cfg = compose(["stages=[auto_configurator]", "auto_configurator.num_gpus=3", f"run_dir={tmp_path}",
+                   "auto_configurator.search.tensor_parallel=[2]"])
+    with pytest.raises(ConfigError, match="no layout of gpt_tiny divides 3 GPUs"):
+        AutoConfiguratorStage().run(cfg)
 
 
 @pytest.mark.slow

@@ -19,12 +19,12 @@ PARITY = [
     "training.tensorboard=false", "training.checkpoint.every_n_train_steps=3",
 ]
 
+# Plain tp2 and pp2 with 1F1B are inside tp2_dp2 (tensor parallel without sequence parallelism) and
+# pp2_uneven_split / pp2_dp2 (1F1B), so they cost no separate launch.
 LAYOUTS = {
-    "tp2": ["trainer.devices=2", "model.tensor_model_parallel_size=2"],
     "tp2_sp": ["trainer.devices=2", "model.tensor_model_parallel_size=2", "model.sequence_parallel=true"],
     "tp2_sp_selective": ["trainer.devices=2", "model.tensor_model_parallel_size=2", "model.sequence_parallel=true",
                          "model.activations_checkpoint_granularity=selective"],
-    "pp2_1f1b": ["trainer.devices=2", "model.pipeline_model_parallel_size=2"],
     "pp2_gpipe_untied": ["trainer.devices=2", "model.pipeline_model_parallel_size=2", "model.pipeline_schedule=gpipe",
                          "model.share_embeddings_and_output_weights=false"],
     "pp2_interleaved_v2": ["trainer.devices=2", "model.pipeline_model_parallel_size=2",
