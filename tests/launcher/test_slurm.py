@@ -5,7 +5,6 @@ requeue. The real-Slurm tests skip, saying why, where Slurm cannot start."""
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
