@@ -207,7 +207,9 @@ def run_interactive(cfg: DictConfig, log=print) -> int:
             raise SlurmError("cluster=interactive runs no job arrays: set cluster.data_preparation_array=1")
         config_path = Path(cfg.run_dir) / "slurm" / f"{job.name}.yaml"
         command = task_command(cfg, job, config_path)
-        command[1:1] = [f"--nodes={job.nodes}", f"--ntasks-per-node={job.tasks_per_node}"] + (
+        # Explicit counts: srun would otherwise take the allocation's (SLURM_NTASKS) for every step.
+        command[1:1] = [f"--nodes={job.nodes}", f"--ntasks={job.nodes * job.tasks_per_node}",
+                        f"--ntasks-per-node={job.tasks_per_node}"] + (
             [f"--gpus-per-node={job.gpus_per_node}"] if job.gpus_per_node else [])
         log(f"=== {job.name}: {shlex.join(command)}")
         status = subprocess.run(command, env={**os.environ, **environment(cfg)}).returncode

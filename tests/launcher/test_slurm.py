@@ -2,9 +2,11 @@
 one-node Slurm (scripts/slurm/local_cluster.sh) running a chain, a job array and a preemption
 requeue. The real-Slurm tests skip, saying why, where Slurm cannot start."""
 
+import json
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -208,3 +210,16 @@ def test_preempted_training_requeues_and_resumes(slurm_cluster, tmp_path):
     assert "preempted: requeueing job" in out and f"resuming from {run_dir / 'checkpoints' / 'last.ckpt'}" in out
     steps = [int(line.split('"step": ')[1].split(",")[0]) for line in metrics.read_text().splitlines()]
     assert steps == list(range(1, 31))
+
+
+@pytest.mark.slow
+def test_interactive_runs_the_stages_with_srun_inside_an_allocation(slurm_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    command = ["salloc", "--nodes=1", "--ntasks=2", sys.executable, str(REPO / "main.py"), "cluster=interactive",
+               f"run_dir={run_dir}", *CHAIN, "trainer.max_steps=2", "trainer.val_check_interval=2",
+               "stages=[data_preparation,training]"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "=== data_preparation: srun --nodes=1 --ntasks=1" in result.stdout
+    assert "=== training: srun --nodes=1 --ntasks=2" in result.stdout
+    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
