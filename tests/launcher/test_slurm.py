@@ -140,17 +140,24 @@ def job_info(job_id: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", text))
 
 
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
+
+
 def wait_for(job_ids: list[str], timeout_s: float, on_pending=None) -> None:
+    """Until every job (every task of an array) has ended; a requeued job passes through states that
+    squeue does not list, so each job's own state is read."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        queued = subprocess.run(["squeue", "-h", "-o", "%i %t %r"], capture_output=True, text=True).stdout.split("\n")
-        mine = [line for line in queued if line and line.split()[0].split("_")[0] in job_ids]
-        if not mine:
+        states = {}
+        for job_id in job_ids:
+            text = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+            states[job_id] = re.findall(r"JobState=(\S+)", text) or ["UNKNOWN"]
+        if all(state in ENDED for job_states in states.values() for state in job_states):
             return
         if on_pending:
-            on_pending(mine)
-        time.sleep(2)
-    raise AssertionError(f"jobs still queued after {timeout_s} s: {mine}")
+            on_pending(states)
+        time.sleep(1)
+    raise AssertionError(f"jobs not ended after {timeout_s} s: {states}")
 
 
 def submitted_ids(stdout: str) -> list[str]:

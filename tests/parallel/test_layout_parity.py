@@ -110,7 +110,7 @@ def test_layout_matches_one_process(layout, prepared, references):
         torch.testing.assert_close(got_state[key], expected_state[key], rtol=0, atol=1e-4, msg=key)
 
 
-TRAIN_20_STEPS = ["trainer.max_steps=20", "trainer.val_check_interval=20", "model.optim.lr=3e-3"]
+TRAIN_12_STEPS = ["trainer.max_steps=12", "trainer.val_check_interval=12", "model.optim.lr=3e-3"]
 
 
 @pytest.mark.slow
@@ -122,9 +122,9 @@ TRAIN_20_STEPS = ["trainer.max_steps=20", "trainer.val_check_interval=20", "mode
 ])
 def test_half_precision_trains(name, layout, prepared):
     root, data = prepared
-    records = metrics(train(root, data, name, layout + TRAIN_20_STEPS))
-    assert len(records) == 20
+    records = metrics(train(root, data, name, layout + TRAIN_12_STEPS))
+    assert len(records) == 12
     # fp16 may skip a few steps while the loss scale settles; they carry no update.
     losses = [r["loss"] for r in records if not r["skipped"]]
-    assert len(losses) >= 15
+    assert len(losses) >= 8
     assert sum(losses[-3:]) / 3 < losses[0] - 0.5
