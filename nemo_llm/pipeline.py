@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nemo_llm.config import ConfigError, validate
 from nemo_llm.errors import NemoLLMError, Preempted
-from nemo_llm.launcher.slurm_task import RANK_PER_TASK
+from nemo_llm.launcher.slurm_task import PREEMPTED_FILE_ENV, RANK_PER_TASK
 from nemo_llm.plan import Machine, build_plan, check_resources
 from nemo_llm.stages import STAGES
 
@@ -71,6 +71,8 @@ def run_pipeline(cfg: DictConfig, machine: Machine | None = None) -> int:
         try:
             summaries[stage.name] = stage.run(cfg)
         except Preempted as e:
+            if os.environ.get(PREEMPTED_FILE_ENV):
+                Path(os.environ[PREEMPTED_FILE_ENV]).touch()
             return fail(f"stage {stage.name}: {e}", EXIT_PREEMPTED)
         except NemoLLMError as e:
             return fail(f"stage {stage.name}: {e}", EXIT_CONFIG)

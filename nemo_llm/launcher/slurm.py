@@ -24,6 +24,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from nemo_llm.errors import NemoLLMError
+from nemo_llm.launcher.slurm_task import PREEMPTED_FILE_ENV
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 PREEMPTIBLE = ("training", "prompt_learning")  # save on SIGUSR1 and continue after a requeue
@@ -145,10 +146,16 @@ def render_script(cfg: DictConfig, job: StageJob, config_path: Path) -> str:
     if not c.container_image:  # the code this run was started from, installed or not
         lines.append(f'export PYTHONPATH={shlex.quote(str(PACKAGE_ROOT))}"${{PYTHONPATH:+:$PYTHONPATH}}"')
     lines += [f"export {k}={shlex.quote(v)}" for k, v in environment(cfg).items()]
+    if preemptible:
+        # The first task to exit 75 makes srun stop the others, and their status may hide the 75: every
+        # preempted task also creates this file.
+        marker = shlex.quote(str(log_dir / f"{job.name}-")) + '"$SLURM_JOB_ID.preempted"'
+        lines += [f"preempted={marker}", 'rm -f "$preempted"', f'export {PREEMPTED_FILE_ENV}="$preempted"']
     lines.append(shlex.join(task_command(cfg, job, config_path)))
     lines.append("status=$?")
     if preemptible:
-        lines += [f'if [ "$status" -eq {EXIT_PREEMPTED} ]; then',
+        lines += [f'if [ "$status" -eq {EXIT_PREEMPTED} ] || [ -e "$preempted" ]; then',
+                  '    rm -f "$preempted"',
                   '    echo "preempted: requeueing job $SLURM_JOB_ID, which continues from its last checkpoint"',
                   '    scontrol requeue "$SLURM_JOB_ID"',
                   "fi"]

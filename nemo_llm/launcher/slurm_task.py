@@ -8,6 +8,9 @@ import sys
 
 from omegaconf import OmegaConf
 
+# A file every preempted process creates (nemo_llm.pipeline): the first task to exit 75 makes srun stop the
+# others, whose status may then hide the 75, so the job script looks for this file too.
+PREEMPTED_FILE_ENV = "NEMO_LLM_PREEMPTED_FILE"
 RANK_PER_TASK = "NEMO_LLM_RANK_PER_TASK"  # set: this process is one rank of the layout; launch nothing
 
 
