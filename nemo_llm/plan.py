@@ -350,6 +350,15 @@ def check_resources(plan: Plan, cfg: DictConfig, machine: Machine) -> str | None
                 f"or pass dry_run=true to see the plan only")
     if cfg.trainer.accelerator == "gpu" and machine.gpus == 0:
         return "trainer.accelerator=gpu but this machine has no CUDA GPU: use trainer.accelerator=cpu or auto"
+    m = cfg.model
+    if not gpu and m.attention_backend in ("cudnn", "efficient"):
+        return (f"model.attention_backend={m.attention_backend} needs a CUDA GPU and this run is on the CPU: "
+                "use auto, flash or math")
+    if gpu and m.attention_backend == "flash" and str(cfg.trainer.precision) == "32":
+        return ("model.attention_backend=flash runs in half precision on a GPU: set trainer.precision=bf16-mixed "
+                "or use attention_backend=auto")
+    if not gpu and m.fp8 == "transformer_engine":
+        return "model.fp8=transformer_engine needs a CUDA GPU: use model.fp8=torchao (emulated on the CPU) or null"
     if gpu and plan.devices_per_node > machine.gpus:
         return (f"trainer.devices={plan.devices_per_node} but this machine has {machine.gpus} GPU(s): "
                 "lower trainer.devices (and the parallel sizes), or pass dry_run=true to see the plan only")

@@ -109,6 +109,19 @@ class ModelConfig:
     activations_checkpoint_granularity: Optional[str] = None
     activations_checkpoint_method: Optional[str] = None
     activations_checkpoint_num_layers: Optional[int] = None
+    # Speed (docs/benchmarks.md#gpu-speed-levers measures each). torch.compile of every transformer layer;
+    # torch_compile_mode null (inductor's default) | reduce-overhead (CUDA graphs) | max-autotune
+    torch_compile: bool = False
+    torch_compile_mode: Optional[str] = None
+    # SDPA kernel: auto (PyTorch picks) | flash | cudnn | efficient | math; cudnn and efficient need a GPU
+    attention_backend: str = "auto"
+    # Output layer + cross-entropy in chunks of this many tokens, never holding the [tokens, vocab] logits;
+    # needs tensor and pipeline parallel size 1 (under TP the loss is already vocabulary-parallel)
+    cross_entropy_loss_fusion: bool = False
+    cross_entropy_chunk_tokens: int = 4096
+    # float8 matmuls in the transformer layers' linear layers: null | torchao | transformer_engine
+    # (each an optional package; GPUs with fp8 tensor cores, H100 and later, gain from it)
+    fp8: Optional[str] = None
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -21,6 +21,9 @@ ACTIVATIONS = ("gelu", "swiglu")
 POSITION_EMBEDDINGS = ("learned_absolute", "rope")
 RECOMPUTE_GRANULARITIES = (None, "selective", "full")
 RECOMPUTE_METHODS = ("uniform", "block")
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
+FP8_RECIPES = (None, "torchao", "transformer_engine")
 TOKENIZER_LIBRARIES = ("sentencepiece", "huggingface", "byte")
 SENTENCEPIECE_MODEL_TYPES = ("bpe", "unigram")
 EVAL_SPLITS = ("validation", "test")
@@ -144,6 +147,7 @@ def validate_model(m: DictConfig) -> None:
                  "model.activations_checkpoint_method and activations_checkpoint_num_layers apply only to "
                  "activations_checkpoint_granularity=full: set them to null")
 
+    validate_speed_options(m)
     validate_tokenizer(m.tokenizer)
     parse_splits(m.data.splits_string)
     prefix = m.data.data_prefix
@@ -162,6 +166,24 @@ def validate_model(m: DictConfig) -> None:
              f"model.optim.betas={list(opt.betas)} must be two numbers in [0, 1)")
     _require(opt.sched.warmup_steps >= 0 and opt.sched.constant_steps >= 0,
              "model.optim.sched.warmup_steps and constant_steps must be >= 0")
+
+
+def validate_speed_options(m: DictConfig) -> None:
+    _one_of(m.torch_compile_mode, COMPILE_MODES, "model.torch_compile_mode")
+    _require(m.torch_compile or m.torch_compile_mode is None,
+             f"model.torch_compile_mode={m.torch_compile_mode} applies only with model.torch_compile=true")
+    _one_of(m.attention_backend, ATTENTION_BACKENDS, "model.attention_backend")
+    _positive(m, "model", ("cross_entropy_chunk_tokens",))
+    if m.cross_entropy_loss_fusion:
+        _require(m.tensor_model_parallel_size == 1 and m.pipeline_model_parallel_size == 1,
+                 "model.cross_entropy_loss_fusion=true needs tensor_model_parallel_size=1 and "
+                 "pipeline_model_parallel_size=1: with tensor parallelism the loss is already computed on vocabulary "
+                 "shards; set it to false")
+    _one_of(m.fp8, FP8_RECIPES, "model.fp8")
+    if m.fp8 is not None:
+        _require(m.tensor_model_parallel_size == 1,
+                 f"model.fp8={m.fp8} needs tensor_model_parallel_size=1 (float8 linear layers are not "
+                 "tensor-parallel here): set model.fp8=null or tensor_model_parallel_size=1")
 
 
 def validate_tokenizer(tok: DictConfig) -> None:

@@ -1,5 +1,5 @@
-"""The parallel engine: parallelize_gpt() applies TP/SP -> recompute -> FSDP to the stages of this
-rank, and GPTEngine runs the forward and backward of one global batch and the gradient clipping
+"""The parallel engine: parallelize_gpt() applies TP/SP -> fp8 -> recompute -> compile -> FSDP to the
+stages of this rank, and GPTEngine runs the forward and backward of one global batch and the gradient clipping
 that Megatron's train_step does, for any layout from one process to pp x dp x tp.
 """
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -15,9 +15,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nemo_llm.models.gpt.model import GPTModel, gpt_loss
 from nemo_llm.parallel.data_parallel import all_reduce_gradients, apply_fsdp, local
+from nemo_llm.parallel.float8 import apply_fp8, fp8_context
 from nemo_llm.parallel.loss_scaler import DynamicLossScaler
 from nemo_llm.parallel.pipeline_parallel import build_schedule, build_stage, stage_indices, stage_layer_counts
 from nemo_llm.parallel.recompute import apply_recompute
@@ -36,14 +38,22 @@ class EngineSettings:
     pipeline_layer_split: list[int] | None = None
     precision: str = "32"  # 32 | bf16-mixed | 16-mixed (fp16 with dynamic loss scaling)
     recompute: dict = field(default_factory=lambda: {"granularity": None})
+    torch_compile: bool = False
+    torch_compile_mode: str | None = None
+    attention_backend: str = "auto"  # auto | flash | cudnn | efficient | math
+    cross_entropy_loss_fusion: bool = False  # pipeline and tensor parallel size 1 only (validated)
+    cross_entropy_chunk_tokens: int = 4096
+    fp8: str | None = None  # None | torchao | transformer_engine
 
 
 HALF_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+SDPA_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                 "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
 
 
 def parallelize_gpt(model: GPTModel, state: ParallelState, settings: EngineSettings) -> list[GPTModel]:
     """This rank's model parts (one per virtual pipeline stage), in visible order:
-    pipeline split -> tensor/sequence parallel -> recompute -> FSDP."""
+    pipeline split -> tensor/sequence parallel -> fp8 linears -> recompute -> compile -> FSDP."""
     pp, vp = state.pipeline_model_parallel_size, state.virtual_pipeline_model_parallel_size or 1
     counts = stage_layer_counts(model.config.num_layers, pp * vp, settings.pipeline_layer_split)
     if pp * vp == 1:
@@ -53,10 +63,21 @@ def parallelize_gpt(model: GPTModel, state: ParallelState, settings: EngineSetti
     for part in parts:
         if state.tensor_model_parallel_size > 1:
             apply_tensor_parallel(part, state.tp_mesh, settings.sequence_parallel)
+        apply_fp8(part, settings.fp8)
         apply_recompute(part, **settings.recompute)
+        if settings.torch_compile:
+            compile_layers(part, settings.torch_compile_mode)
         if settings.use_distributed_optimizer:
             apply_fsdp(part, state.dp_mesh, HALF_DTYPES.get(settings.precision))
     return parts
+
+
+def compile_layers(part: GPTModel, mode: str | None) -> None:
+    """torch.compile each transformer layer in place (the layers repeat, so one compiled graph serves all;
+    state_dict keys do not change). After recompute, so its checkpoints are traced into the graphs; before
+    FSDP, whose hooks stay outside them."""
+    for layer in part.decoder.layers.values():
+        layer.compile(mode=mode)
 
 
 class GPTEngine(nn.Module):
@@ -92,6 +113,22 @@ class GPTEngine(nn.Module):
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.compute_dtype) if self.autocast else nullcontext()
 
+    def _kernels(self):
+        """The attention kernel (model.attention_backend) and fp8 context forward runs under."""
+        stack = ExitStack()
+        backend = SDPA_BACKENDS.get(self.settings.attention_backend)
+        if backend is not None:
+            stack.enter_context(sdpa_kernel(backend))
+        stack.enter_context(fp8_context(self.settings.fp8))
+        return stack
+
+    def _microbatch_loss(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean loss of one microbatch through the single stage (no pipeline)."""
+        part = self.parts[0]
+        if self.settings.cross_entropy_loss_fusion:
+            return part(tokens, labels=labels, loss_chunk_tokens=self.settings.cross_entropy_chunk_tokens)
+        return gpt_loss(part(tokens), labels)
+
     @property
     def _scale(self) -> float:
         return self.loss_scaler.scale if self.loss_scaler else 1.0
@@ -111,7 +148,7 @@ class GPTEngine(nn.Module):
         """Forward and backward of this data-parallel rank's share of a global batch (all its
         microbatches, gradients averaged over them); returns the mean loss over the whole global
         batch, the same on every rank."""
-        with self._loss_context(), self._autocast():
+        with self._loss_context(), self._autocast(), self._kernels():
             if self.schedule is None:
                 loss_sum = torch.zeros((), device=self.device)
                 chunks = zip(tokens.chunk(self.num_microbatches), labels.chunk(self.num_microbatches))
@@ -119,7 +156,7 @@ class GPTEngine(nn.Module):
                     if self.settings.use_distributed_optimizer:
                         # Reduce-scatter gradients once, after the last microbatch, not after each.
                         self.parts[0].set_requires_gradient_sync(i == self.num_microbatches - 1)
-                    loss = gpt_loss(self.parts[0](tok), lab)
+                    loss = self._microbatch_loss(tok, lab)
                     (loss * (self._scale / self.num_microbatches)).backward()
                     loss_sum += _full(loss).detach()
                 loss = loss_sum / self.num_microbatches
@@ -150,10 +187,10 @@ class GPTEngine(nn.Module):
     @torch.no_grad()
     def evaluate_loss(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean loss of one batch without gradients (the pipeline runs forward only), on every rank."""
-        with self._loss_context(), self._autocast():
+        with self._loss_context(), self._autocast(), self._kernels():
             if self.schedule is None:
                 chunks = zip(tokens.chunk(self.num_microbatches), labels.chunk(self.num_microbatches))
-                loss = torch.stack([_full(gpt_loss(self.parts[0](tok), lab)) for tok, lab in chunks]).mean()
+                loss = torch.stack([_full(self._microbatch_loss(tok, lab)) for tok, lab in chunks]).mean()
             else:
                 loss = self._run_pipeline(self.schedule.eval, tokens, labels)
         return self._reduce_loss(loss)
@@ -216,11 +253,12 @@ class GPTEngine(nn.Module):
             dist.all_reduce(squares, group=self.state.pp_mesh.get_group())
         total = squares.sqrt()
         if max_norm > 0:
-            coefficient = max_norm / (total.item() + 1e-6)
-            if coefficient < 1.0:
-                for param in self.parameters():
-                    if param.grad is not None:
-                        param.grad.mul_(coefficient)
+            # On the device, with no .item(): a host sync here would stall the GPU before the optimizer.
+            # Multiplying by exactly 1.0 when the norm is below max_norm changes nothing.
+            coefficient = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+            grads = [local(p.grad) for p in self.parameters() if p.grad is not None]
+            if grads:
+                torch._foreach_mul_(grads, coefficient.to(grads[0].device))
         return total
 
     @property

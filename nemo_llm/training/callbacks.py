@@ -25,6 +25,11 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class StepMetrics(pl.Callback):
     """Measures each optimizer step, shows tokens/s, TFLOP/s and MFU in the progress bar, and appends
     one JSON object per logged step to <run_dir>/metrics.jsonl with the keys step, loss, lr,
@@ -50,9 +55,12 @@ class StepMetrics(pl.Callback):
                 self._keep_until(name, trainer.global_step)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        _synchronize(pl_module.device)
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # A GPU runs behind the host: the step is over when its kernels are, not when they are queued.
+        _synchronize(pl_module.device)
         seconds = time.perf_counter() - self._start
         tflops = self.flops_per_step / seconds / self.world_size / 1e12
         speed = {"tokens_per_s": self.tokens_per_step / seconds, "tflops_per_gpu": tflops,

@@ -28,7 +28,9 @@ from nemo_llm.training.module import GPTPretrainModule
 from nemo_llm.training.strategy import MegatronStrategy
 from nemo_llm.training.throughput import peak_tflops_per_device
 
-def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], has_validation: bool) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], has_validation: bool,
+                  checkpointing: bool = True) -> pl.Trainer:
+    """checkpointing=False: no checkpoint at all, not even Lightning's default one (benchmarks)."""
     t = cfg.trainer
     run_dir = Path(cfg.run_dir)
     logger = TensorBoardLogger(str(run_dir), name="tensorboard", version="") if cfg.training.tensorboard else False
@@ -62,6 +64,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], has_validation:
         callbacks=callbacks,
         enable_progress_bar=cfg.training.progress_bar,
         enable_model_summary=False,
+        enable_checkpointing=checkpointing,
         # Samplers are ours (PretrainingBatchSampler): Lightning's would reshuffle and split over all ranks.
         use_distributed_sampler=False,
         default_root_dir=str(run_dir),
@@ -80,6 +83,12 @@ def engine_settings(cfg: DictConfig) -> EngineSettings:
         recompute={"granularity": m.activations_checkpoint_granularity,
                    "method": m.activations_checkpoint_method,
                    "num_layers": m.activations_checkpoint_num_layers},
+        torch_compile=m.torch_compile,
+        torch_compile_mode=m.torch_compile_mode,
+        attention_backend=m.attention_backend,
+        cross_entropy_loss_fusion=m.cross_entropy_loss_fusion,
+        cross_entropy_chunk_tokens=m.cross_entropy_chunk_tokens,
+        fp8=m.fp8,
     )
 
 

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nemo_llm.models.gpt.cross_entropy import IGNORE_INDEX, linear_cross_entropy
+
 
 @dataclass
 class GPTConfig:
@@ -292,8 +294,14 @@ class GPTModel(nn.Module):
             self.output_layer.weight = self.embedding.word_embeddings.weight
         self.init_weights()
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        return self.output_layer(self.hidden_states(input_ids, cache))
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, labels: torch.Tensor | None = None,
+                loss_chunk_tokens: int = 4096) -> torch.Tensor:
+        """With labels: the mean loss instead of logits, from the output layer and cross-entropy fused in
+        chunks of loss_chunk_tokens tokens, so [b, s, vocab] logits never exist (cross_entropy.py)."""
+        hidden = self.hidden_states(input_ids, cache)
+        if labels is not None:
+            return linear_cross_entropy(hidden, self.output_layer.weight, labels, loss_chunk_tokens)
+        return self.output_layer(hidden)
 
     def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """[b, s, h] after the final norm: what the output layer reads. Generation applies the output
@@ -318,9 +326,6 @@ class GPTModel(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
                 module.reset_parameters()
-
-
-IGNORE_INDEX = -100  # a label that takes no part in the loss (PyTorch's convention)
 
 
 def gpt_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
