@@ -209,6 +209,8 @@ def estimate_memory(cfg: DictConfig, vocab: int, flash_attention: bool = False) 
         in_flight *= 1 + (pp - 1) / (pp * vp)
     precision_scale = COMPUTE_BYTES[str(cfg.trainer.precision)] / 2  # the formulas count 16-bit activations
     logits = 4 * s * b * vocab / t  # fp32 logits for the loss on the last stage
+    if m.cross_entropy_loss_fusion:  # one chunk's fp32 logits and their gradient, the fp32 output-layer gradient
+        logits = 4 * vocab * (2 * min(m.cross_entropy_chunk_tokens, s * b) + m.hidden_size)
 
     candidates = []
     for first, last in ((True, pp == 1), (False, True)):

@@ -72,6 +72,8 @@ SHAPES = {
     "1.3b-4k": Shape(num_layers=24, hidden=2048, heads=16, seq=4096, micro_batch=2, vocab=50304),
     # GPT-3 6.7B
     "7b": Shape(num_layers=32, hidden=4096, heads=32, seq=2048, micro_batch=1, vocab=50304),
+    # a shape a 2-core CPU trains in a fraction of a second per step, for CPU comparisons of the levers
+    "cpu-small": Shape(num_layers=4, hidden=256, heads=4, seq=256, micro_batch=4, vocab=8192),
     "tiny": Shape(num_layers=2, hidden=64, heads=4, seq=64, micro_batch=2, vocab=512),
 }
 

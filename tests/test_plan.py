@@ -76,6 +76,10 @@ def test_memory_estimate_of_gpt_tiny_by_hand():
     sbh = 128 * 16 * 128
     expected = sbh * (34 + 5 * 4 * 128 / 128) * 4 * 2 + 4 * 128 * 16 * 4096
     assert plan.memory.activations == pytest.approx(expected)
+    # The fused loss holds one chunk of 512 tokens' fp32 logits and their gradient, and the fp32 gradient of
+    # the output layer, instead of all 2,048 tokens' logits.
+    fused = build_plan(compose(["model.cross_entropy_loss_fusion=true", "model.cross_entropy_chunk_tokens=512"]))
+    assert fused.memory.activations == pytest.approx(expected - 4 * 128 * 16 * 4096 + 4 * 4096 * (2 * 512 + 128))
 
 
 def test_activation_formulas_of_korthikanti_et_al():

@@ -55,7 +55,7 @@ class StepMetrics(pl.Callback):
                 self._keep_until(name, trainer.global_step)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        _synchronize(pl_module.device)
+        # No wait here: the previous step's end waited already, and only this batch's copy is in flight.
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
