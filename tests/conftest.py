@@ -28,3 +28,10 @@ def run_main(args, cwd=REPO, timeout=600):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, str(REPO / "main.py"), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with slow tests first: `make test` gives whole files to two workers, and a long file
+    collected last would run alone at the end."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
