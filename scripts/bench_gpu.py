@@ -19,7 +19,8 @@ model.activations_checkpoint_method=uniform,model.activations_checkpoint_num_lay
     python scripts/bench_gpu.py --device cpu --shape tiny --steps 3  # what the tests run
 
 JSON on stdout (and in --out): the ceiling, then one record per run with tokens/s, model TFLOP/s,
-MFU, the step time (median over the timed steps), the peak memory and, for nemo_llm, the plan's
+MFU, the step time (the mean over the timed steps, waiting for the device only before the first and
+after the last, so no run pays a per-step wait), the peak memory and, for nemo_llm, the plan's
 memory estimate.
 """
 
@@ -142,11 +143,12 @@ def train_plain(model: nn.Module, shape: Shape, device: torch.device, steps: int
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
                                   fused=device.type == "cuda" or None)
     generator = torch.Generator().manual_seed(0)
-    times, losses = [], []
+    losses = []
     for step in range(warmup + steps):
+        if step == warmup:  # the device is waited for before the first timed step and after the last only
+            synchronize(device)
+            start = time.perf_counter()
         tokens, labels = random_batch(shape, device, generator)
-        synchronize(device)
-        start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16):
             logits = forward(tokens)
             logits = getattr(logits, "logits", logits)
@@ -155,11 +157,11 @@ def train_plain(model: nn.Module, shape: Shape, device: torch.device, steps: int
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        synchronize(device)
         if step >= warmup:
-            times.append(time.perf_counter() - start)
-            losses.append(float(loss.detach()))
-    return {"step_times_s": times, "losses": losses}
+            losses.append(loss.detach())
+    synchronize(device)
+    seconds = (time.perf_counter() - start) / steps
+    return {"step_times_s": [seconds], "losses": [float(x) for x in losses]}
 
 
 def hf_gpt2(shape: Shape, dropout: float) -> nn.Module:
@@ -253,19 +255,23 @@ class RandomTokens(torch.utils.data.Dataset):
         return {"tokens": tokens[:-1], "labels": tokens[1:]}
 
 
-def cycle_timer():
-    """A callback with the time at the end of every training batch (after the device finishes): the intervals
-    are whole training-loop cycles, data loading and Lightning's bookkeeping included, as the plain loops
-    here are timed."""
+def cycle_timer(warmup: int, steps: int):
+    """A callback timing the training loop from the end of the warm-up to the end of the last step, waiting
+    for the device only at those two points (a wait in every step would leave the GPU idle while the host
+    logs and fetches a batch): whole loop cycles, data loading and Lightning's bookkeeping included."""
     import pytorch_lightning as pl
 
     class CycleTimer(pl.Callback):
         def __init__(self):
-            self.ends: list[float] = []
+            self.seconds_per_step = 0.0
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            synchronize(pl_module.device)
-            self.ends.append(time.perf_counter())
+            if batch_idx == warmup - 1:
+                synchronize(pl_module.device)
+                self.start = time.perf_counter()
+            elif batch_idx == warmup + steps - 1:
+                synchronize(pl_module.device)
+                self.seconds_per_step = (time.perf_counter() - self.start) / steps
 
     return CycleTimer()
 
@@ -293,7 +299,7 @@ def train_nemo_llm(shape: Shape, device: torch.device, steps: int, warmup: int, 
         metrics = StepMetrics(run_dir, tokens_per_step=shape.tokens_per_step,
                               flops_per_step=shape.model_flops_per_token() * shape.tokens_per_step, world_size=1,
                               peak_tflops_per_device=peak, log_every_n_steps=1, print_lines=False)
-        timer = cycle_timer()
+        timer = cycle_timer(warmup, steps)
         trainer = build_trainer(cfg, [metrics, timer], has_validation=False, checkpointing=False)
         loader = torch.utils.data.DataLoader(RandomTokens(shape, shape.micro_batch * (warmup + steps)),
                                              batch_size=shape.micro_batch, pin_memory=device.type == "cuda")
@@ -301,8 +307,7 @@ def train_nemo_llm(shape: Shape, device: torch.device, steps: int, warmup: int, 
         records = [json.loads(line) for line in (Path(run_dir) / METRICS_FILE).read_text().splitlines()]
         estimate = estimate_memory(cfg, gpt_config.vocab_size, flash_attention=device.type == "cuda")
     timed = records[warmup:]
-    cycles = [b - a for a, b in zip(timer.ends[warmup - 1:], timer.ends[warmup:])] if warmup else []
-    return {"step_times_s": cycles or [r["step_time_s"] for r in timed], "losses": [r["loss"] for r in timed],
+    return {"step_times_s": [timer.seconds_per_step], "losses": [r["loss"] for r in timed],
             # what metrics.jsonl reports: training_step alone, without data loading and the loop around it
             "train_step_time_s": statistics.median(r["step_time_s"] for r in timed),
             "estimated_memory_bytes": int(estimate.total)}
@@ -316,7 +321,7 @@ def summarize(name: str, result: dict, shape: Shape, peak: float, device: torch.
     tflops = shape.model_flops_per_token() * shape.tokens_per_step / step / 1e12
     record = {"impl": name, "step_time_s": step, "tokens_per_s": shape.tokens_per_step / step,
               "model_tflops": tflops, "mfu": tflops / peak, "peak_memory_bytes": peak_memory(device),
-              "final_loss": result["losses"][-1], "steps_timed": len(result["step_times_s"])}
+              "final_loss": result["losses"][-1], "steps_timed": len(result["losses"])}
     if "train_step_time_s" in result:
         record["train_step_time_s"] = result["train_step_time_s"]
     if "estimated_memory_bytes" in result:
@@ -389,7 +394,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--shape", default="1.3b", choices=sorted(SHAPES))
-    parser.add_argument("--steps", type=int, default=20, help="timed steps (the median is reported)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps (their mean is reported)")
     parser.add_argument("--warmup", type=int, default=5,
                         help="steps before timing, at least 1 (compilation happens here)")
     parser.add_argument("--dropout", type=float, default=0.0)
