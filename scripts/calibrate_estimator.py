@@ -34,6 +34,7 @@ def gpt(layers: int, hidden: int, heads: int, seq: int = 2048, vocab: int = 5120
                            position_embedding_type="learned_absolute", max_position_embeddings=seq,
                            encoder_seq_length=seq, share_embeddings_and_output_weights=True,
                            make_vocab_size_divisible_by=128, global_batch_size=batch,
+                           cross_entropy_loss_fusion=False, cross_entropy_chunk_tokens=4096,
                            tokenizer=SimpleNamespace(library="sentencepiece", vocab_size=vocab))
 
 

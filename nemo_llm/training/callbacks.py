@@ -29,7 +29,12 @@ class StepMetrics(pl.Callback):
     """Measures each optimizer step, shows tokens/s, TFLOP/s and MFU in the progress bar, and appends
     one JSON object per logged step to <run_dir>/metrics.jsonl with the keys step, loss, lr,
     grad_norm, tokens_per_s, tflops_per_gpu, mfu, consumed_samples, step_time_s; each validation
-    appends step, val_loss, val_ppl to val_metrics.jsonl. Rank 0 writes."""
+    appends step, val_loss, val_ppl to val_metrics.jsonl. Rank 0 writes.
+
+    A step's line is written at the end of the next step (or before a validation, a checkpoint, the
+    end of training or an error): by then its loss and gradient norm are computed, so reading them
+    does not make the host wait for the GPU, which would then sit idle while the host logs and
+    fetches the next batch."""
 
     def __init__(self, run_dir: str | Path, tokens_per_step: int, flops_per_step: float, world_size: int,
                  peak_tflops_per_device: float, log_every_n_steps: int, print_lines: bool):
@@ -41,6 +46,7 @@ class StepMetrics(pl.Callback):
         self.log_every_n_steps = log_every_n_steps
         self.print_lines = print_lines
         self._start = 0.0
+        self._pending: dict | None = None  # the last logged step's record, its tensors not yet read
 
     def on_train_start(self, trainer, pl_module) -> None:
         # A run owns these files from its first step on: lines an earlier, crashed run wrote after
@@ -62,18 +68,37 @@ class StepMetrics(pl.Callback):
         speed = {"tokens_per_s": self.tokens_per_step / seconds, "tflops_per_gpu": tflops,
                  "mfu": tflops / self.peak_tflops}
         pl_module.log_dict(speed, prog_bar=True)
+        self.write_pending(trainer)
         step = trainer.global_step
         if step % self.log_every_n_steps and step != trainer.max_steps:
             return
-        record = {"step": step, **{k: float(v) for k, v in pl_module.step_metrics.items()}, **speed,
-                  "consumed_samples": pl_module.consumed_samples, "step_time_s": seconds,
-                  "max_memory_bytes": peak_memory_bytes(pl_module.device)}
+        self._pending = {"step": step, **pl_module.step_metrics, **speed, "consumed_samples": pl_module.consumed_samples,
+                         "step_time_s": seconds, "max_memory_bytes": peak_memory_bytes(pl_module.device)}
+
+    def write_pending(self, trainer) -> None:
+        """Append the record held back from the last logged step, if any."""
+        if self._pending is None:
+            return
+        record = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in self._pending.items()}
+        self._pending = None
         if trainer.is_global_zero:
             self._append(METRICS_FILE, record)
             if self.print_lines:
-                print(f"step {step}/{trainer.max_steps} loss {record['loss']:.4f} lr {record['lr']:.3g} "
-                      f"grad_norm {record['grad_norm']:.3f} {speed['tokens_per_s']:.0f} tokens/s "
-                      f"{tflops:.3g} TFLOP/s MFU {speed['mfu']:.1%}", flush=True)
+                print(f"step {record['step']}/{trainer.max_steps} loss {record['loss']:.4f} lr {record['lr']:.3g} "
+                      f"grad_norm {record['grad_norm']:.3f} {record['tokens_per_s']:.0f} tokens/s "
+                      f"{record['tflops_per_gpu']:.3g} TFLOP/s MFU {record['mfu']:.1%}", flush=True)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.write_pending(trainer)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self.write_pending(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.write_pending(trainer)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.write_pending(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or "val_loss" not in trainer.callback_metrics:

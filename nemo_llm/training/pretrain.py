@@ -11,7 +11,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.environments import LightningEnvironment
 
@@ -46,6 +46,9 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], has_validation:
     # A Slurm task is one rank with the torch.distributed variables set (nemo_llm.launcher.slurm_task):
     # Lightning is to read those, not start its own SLURM handling (its SIGUSR1 requeue would race ours).
     plugins = [LightningEnvironment()] if os.environ.get(RANK_PER_TASK) == "1" else None
+    if cfg.training.progress_bar:
+        # Each refresh reads the step's loss back from the GPU, a wait: refresh as often as steps are logged.
+        callbacks = [*callbacks, TQDMProgressBar(refresh_rate=t.log_every_n_steps)]
     return pl.Trainer(
         plugins=plugins,
         accelerator="gpu" if on_gpu else "cpu",
