@@ -69,11 +69,14 @@ LEVERS = {
     "attention_math": EngineSettings(attention_backend="math"),
     "attention_flash": EngineSettings(attention_backend="flash"),  # PyTorch's CPU flash kernel
     "fused_cross_entropy_fsdp": EngineSettings(cross_entropy_loss_fusion=True, use_distributed_optimizer=True),
-    "compiled_layers": EngineSettings(torch_compile=True),
+    # Compiled layers as the benchmark combines them: recompute traced into the graphs, FSDP around them.
+    "compiled_layers_selective_fsdp_fused": EngineSettings(
+        torch_compile=True, recompute={"granularity": "selective"}, use_distributed_optimizer=True,
+        cross_entropy_loss_fusion=True, attention_backend="flash"),
 }
 
 
-@pytest.mark.parametrize("lever", [pytest.param(name, marks=pytest.mark.slow) if name == "compiled_layers" else name
+@pytest.mark.parametrize("lever", [pytest.param(name, marks=pytest.mark.slow) if name.startswith("compiled") else name
                                    for name in LEVERS])
 def test_lever_gives_the_default_loss_and_gradients(single_rank, lever):  # noqa: F811
     _, expected_loss, expected = engine_step(single_rank, EngineSettings())
