@@ -116,7 +116,7 @@ class ModelConfig:
     # SDPA kernel: auto (PyTorch picks) | flash | cudnn | efficient | math; cudnn and efficient need a GPU
     attention_backend: str = "auto"
     # Output layer + cross-entropy in chunks of this many tokens, never holding the [tokens, vocab] logits;
-    # needs tensor and pipeline parallel size 1 (under TP the loss is already vocabulary-parallel)
+    # needs tensor parallel size 1 (under TP the loss is already vocabulary-parallel)
     cross_entropy_loss_fusion: bool = False
     cross_entropy_chunk_tokens: int = 4096
     # float8 matmuls in the transformer layers' linear layers: null | torchao | transformer_engine

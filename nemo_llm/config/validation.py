@@ -175,10 +175,9 @@ def validate_speed_options(m: DictConfig) -> None:
     _one_of(m.attention_backend, ATTENTION_BACKENDS, "model.attention_backend")
     _positive(m, "model", ("cross_entropy_chunk_tokens",))
     if m.cross_entropy_loss_fusion:
-        _require(m.tensor_model_parallel_size == 1 and m.pipeline_model_parallel_size == 1,
-                 "model.cross_entropy_loss_fusion=true needs tensor_model_parallel_size=1 and "
-                 "pipeline_model_parallel_size=1: with tensor parallelism the loss is already computed on vocabulary "
-                 "shards; set it to false")
+        _require(m.tensor_model_parallel_size == 1,
+                 "model.cross_entropy_loss_fusion=true needs tensor_model_parallel_size=1: with tensor parallelism "
+                 "the loss is already computed on vocabulary shards; set it to false")
     _one_of(m.fp8, FP8_RECIPES, "model.fp8")
     if m.fp8 is not None:
         _require(m.tensor_model_parallel_size == 1,

@@ -17,6 +17,7 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from nemo_llm.models.gpt.cross_entropy import linear_cross_entropy
 from nemo_llm.models.gpt.model import GPTModel, gpt_loss
 from nemo_llm.parallel.data_parallel import all_reduce_gradients, apply_fsdp, local
 from nemo_llm.parallel.float8 import apply_fp8, fp8_context
@@ -41,7 +42,7 @@ class EngineSettings:
     torch_compile: bool = False
     torch_compile_mode: str | None = None
     attention_backend: str = "auto"  # auto | flash | cudnn | efficient | math
-    cross_entropy_loss_fusion: bool = False  # pipeline and tensor parallel size 1 only (validated)
+    cross_entropy_loss_fusion: bool = False  # tensor parallel size 1 only (validated)
     cross_entropy_chunk_tokens: int = 4096
     fp8: str | None = None  # None | torchao | transformer_engine
 
@@ -96,6 +97,9 @@ class GPTEngine(nn.Module):
         self.num_stages = pp * vp
         self.loss_scaler = DynamicLossScaler() if settings.precision == "16-mixed" else None
         self.schedule = None
+        if self.num_stages > 1 and settings.cross_entropy_loss_fusion and self.holds_last_stage:
+            # The last stage hands its hidden states to the loss, which applies the output layer in chunks.
+            self.parts[-1].forward = self.parts[-1].hidden_states
         if self.num_stages > 1:
             self.schedule = build_schedule(self.parts, self.stages, self.num_stages, num_microbatches,
                                            self._scaled_loss, device, state.pp_mesh.get_group(),
@@ -133,8 +137,15 @@ class GPTEngine(nn.Module):
     def _scale(self) -> float:
         return self.loss_scaler.scale if self.loss_scaler else 1.0
 
-    def _scaled_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return gpt_loss(logits, labels) * self._scale
+    def _scaled_loss(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The pipeline's loss of one microbatch: output is the last stage's logits, or its hidden states
+        with the fused loss."""
+        if self.settings.cross_entropy_loss_fusion:
+            loss = linear_cross_entropy(output, self.parts[-1].output_layer.weight, labels,
+                                        self.settings.cross_entropy_chunk_tokens)
+        else:
+            loss = gpt_loss(output, labels)
+        return loss * self._scale
 
     @property
     def holds_last_stage(self) -> bool:

@@ -20,15 +20,16 @@ PARITY = [
 ]
 
 # Plain tp2 and pp2 with 1F1B are inside tp2_dp2 (tensor parallel without sequence parallelism) and
-# pp2_uneven_split / pp2_dp2 (1F1B), so they cost no separate launch.
+# pp2_uneven_split / pp2_dp2_fused_loss (1F1B), so they cost no separate launch.
 LAYOUTS = {
     "tp2_sp": ["trainer.devices=2", "model.tensor_model_parallel_size=2", "model.sequence_parallel=true"],
     "tp2_sp_selective": ["trainer.devices=2", "model.tensor_model_parallel_size=2", "model.sequence_parallel=true",
                          "model.activations_checkpoint_granularity=selective"],
     "pp2_gpipe_untied": ["trainer.devices=2", "model.pipeline_model_parallel_size=2", "model.pipeline_schedule=gpipe",
                          "model.share_embeddings_and_output_weights=false"],
-    "pp2_interleaved_v2": ["trainer.devices=2", "model.pipeline_model_parallel_size=2",
-                           "model.virtual_pipeline_model_parallel_size=2"],
+    "pp2_interleaved_v2_fused_loss": ["trainer.devices=2", "model.pipeline_model_parallel_size=2",
+                                      "model.virtual_pipeline_model_parallel_size=2",
+                                      "model.cross_entropy_loss_fusion=true"],
     "pp2_uneven_split": ["trainer.devices=2", "model.pipeline_model_parallel_size=2",
                          "model.pipeline_model_parallel_layer_split=[3,1]"],
     "dp2": ["trainer.devices=2"],
@@ -36,7 +37,10 @@ LAYOUTS = {
     "tp2_pp2": ["trainer.devices=4", "model.tensor_model_parallel_size=2", "model.pipeline_model_parallel_size=2",
                 "model.sequence_parallel=true"],
     "tp2_dp2": ["trainer.devices=4", "model.tensor_model_parallel_size=2", "model.use_distributed_optimizer=true"],
-    "pp2_dp2": ["trainer.devices=4", "model.pipeline_model_parallel_size=2", "model.use_distributed_optimizer=true"],
+    # with the fused loss on the last stage, its output layer's weight used outside the stage's forward (FSDP2)
+    "pp2_dp2_fused_loss": ["trainer.devices=4", "model.pipeline_model_parallel_size=2",
+                           "model.use_distributed_optimizer=true", "model.cross_entropy_loss_fusion=true",
+                           "model.cross_entropy_chunk_tokens=48"],
     "tp2_pp2_dp2": ["trainer.devices=8", "model.tensor_model_parallel_size=2", "model.pipeline_model_parallel_size=2",
                     "model.sequence_parallel=true", "model.use_distributed_optimizer=true"],
 }
