@@ -161,7 +161,7 @@ def train_plain(model: nn.Module, shape: Shape, device: torch.device, steps: int
             losses.append(loss.detach())
     synchronize(device)
     seconds = (time.perf_counter() - start) / steps
-    return {"step_times_s": [seconds], "losses": [float(x) for x in losses]}
+    return {"step_time_s": seconds, "losses": [float(x) for x in losses]}
 
 
 def hf_gpt2(shape: Shape, dropout: float) -> nn.Module:
@@ -307,7 +307,7 @@ def train_nemo_llm(shape: Shape, device: torch.device, steps: int, warmup: int, 
         records = [json.loads(line) for line in (Path(run_dir) / METRICS_FILE).read_text().splitlines()]
         estimate = estimate_memory(cfg, gpt_config.vocab_size, flash_attention=device.type == "cuda")
     timed = records[warmup:]
-    return {"step_times_s": [timer.seconds_per_step], "losses": [r["loss"] for r in timed],
+    return {"step_time_s": timer.seconds_per_step, "losses": [r["loss"] for r in timed],
             # what metrics.jsonl reports: training_step alone, without data loading and the loop around it
             "train_step_time_s": statistics.median(r["step_time_s"] for r in timed),
             "estimated_memory_bytes": int(estimate.total)}
@@ -317,7 +317,7 @@ def train_nemo_llm(shape: Shape, device: torch.device, steps: int, warmup: int, 
 
 
 def summarize(name: str, result: dict, shape: Shape, peak: float, device: torch.device) -> dict:
-    step = statistics.median(result["step_times_s"])
+    step = result["step_time_s"]
     tflops = shape.model_flops_per_token() * shape.tokens_per_step / step / 1e12
     record = {"impl": name, "step_time_s": step, "tokens_per_s": shape.tokens_per_step / step,
               "model_tflops": tflops, "mfu": tflops / peak, "peak_memory_bytes": peak_memory(device),

@@ -109,7 +109,7 @@ class ModelConfig:
     activations_checkpoint_granularity: Optional[str] = None
     activations_checkpoint_method: Optional[str] = None
     activations_checkpoint_num_layers: Optional[int] = None
-    # Speed (docs/benchmarks.md#gpu-speed-levers measures each). torch.compile of every transformer layer;
+    # Speed (docs/benchmarks.md#levers-prediction-and-outcome measures each). torch.compile of every transformer layer;
     # torch_compile_mode null (inductor's default) | reduce-overhead (CUDA graphs) | max-autotune
     torch_compile: bool = False
     torch_compile_mode: Optional[str] = None
